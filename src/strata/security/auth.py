@@ -1,0 +1,127 @@
+"""API key verification with an in-process cache.
+
+The hot path does not touch PostgreSQL: a verified key is trusted for
+``auth.key_cache_ttl_s`` seconds, then checked again (one query per key per TTL,
+shared by concurrent requests). Revocation is published on Redis so every
+instance evicts the key at once; the TTL bounds the delay when Redis is down.
+
+Policy when PostgreSQL is unreachable: keys verified within
+``auth.stale_grace_s`` keep working; unknown keys get 503 (not 401: the key may
+be fine). Unknown keys are cached as unknown for the TTL too, so a flood of bad
+keys cannot turn into a flood of queries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from strata.errors import AuthenticationError, ServiceUnavailable
+from strata.security.keys import Principal, hash_key, looks_like_key
+
+log = logging.getLogger("strata.auth")
+
+Lookup = Callable[[str], Awaitable[Principal | None]]
+# Cap on cached entries (known and unknown keys); cleared wholesale past it.
+MAX_CACHE = 100_000
+REVOKED_CHANNEL = "strata:keys:revoked"
+
+
+class Authenticator:
+    def __init__(self, lookup: Lookup, *, ttl_s: float, stale_grace_s: float) -> None:
+        self._lookup = lookup
+        self.ttl_s = ttl_s
+        self.stale_grace_s = stale_grace_s
+        self._cache: dict[str, tuple[Principal | None, float]] = {}
+        self._inflight: dict[str, asyncio.Future[Principal | None]] = {}
+
+    async def authenticate(self, authorization: str | None) -> Principal:
+        token = _bearer(authorization)
+        key_hash = hash_key(token)
+        now = time.monotonic()
+        hit = self._cache.get(key_hash)
+        if hit is not None and now - hit[1] < self.ttl_s:
+            principal = hit[0]
+        else:
+            principal = await self._refresh(key_hash, hit, now)
+        if principal is None:
+            raise AuthenticationError(f"Incorrect API key provided: {_mask(token)}.")
+        return principal
+
+    async def _refresh(
+        self, key_hash: str, hit: tuple[Principal | None, float] | None, now: float
+    ) -> Principal | None:
+        fut = self._inflight.get(key_hash)
+        if fut is None:
+            fut = asyncio.get_running_loop().create_future()
+            self._inflight[key_hash] = fut
+            try:
+                principal = await self._lookup(key_hash)
+            except Exception as exc:
+                del self._inflight[key_hash]
+                fut.set_exception(exc)
+                fut.exception()  # mark retrieved; waiters re-raise it themselves
+                return self._stale(hit, now, exc)
+            del self._inflight[key_hash]
+            if len(self._cache) >= MAX_CACHE:
+                self._cache.clear()
+            self._cache[key_hash] = (principal, time.monotonic())
+            fut.set_result(principal)
+            return principal
+        try:
+            return await asyncio.shield(fut)
+        except Exception as exc:
+            return self._stale(hit, now, exc)
+
+    def _stale(
+        self, hit: tuple[Principal | None, float] | None, now: float, exc: Exception
+    ) -> Principal | None:
+        if hit is not None and hit[0] is not None and now - hit[1] < self.stale_grace_s:
+            return hit[0]
+        log.warning("cannot verify API key: %s", type(exc).__name__)
+        raise ServiceUnavailable(
+            "API keys cannot be verified right now (database unreachable); retry shortly"
+        ) from None
+
+    def evict(self, key_hash: str) -> None:
+        self._cache.pop(key_hash, None)
+
+    async def listen_for_revocations(self, redis: object) -> None:
+        """Evict revoked keys as instances announce them; reconnects forever."""
+        while True:
+            try:
+                pubsub = redis.pubsub()  # type: ignore[attr-defined]
+                await pubsub.subscribe(REVOKED_CHANNEL)
+                async for msg in pubsub.listen():
+                    if msg.get("type") == "message":
+                        data = msg["data"]
+                        self.evict(data.decode() if isinstance(data, bytes) else str(data))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.info("revocation listener lost Redis (%s); retrying", type(exc).__name__)
+                await asyncio.sleep(2)
+
+
+def _bearer(authorization: str | None) -> str:
+    if not authorization:
+        raise AuthenticationError(
+            "You didn't provide an API key. Send it as 'Authorization: Bearer sk-strata-...'.",
+            code="missing_api_key",
+        )
+    scheme, _, token = authorization.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise AuthenticationError("The Authorization header must be 'Bearer <API key>'.")
+    if not looks_like_key(token):
+        raise AuthenticationError(f"Incorrect API key provided: {_mask(token)}.")
+    return token
+
+
+def _mask(token: str) -> str:
+    # Enough to recognise a key, never enough to use it.
+    if len(token) <= 12:
+        return "****"
+    return token[:10] + "****" + token[-4:]

@@ -1,0 +1,236 @@
+"""The one typed settings tree, and the only reader of the environment.
+
+Precedence, highest first: keyword overrides, ``STRATA_*`` environment variables
+(nested with ``__``, e.g. ``STRATA_USAGE__FLUSH_INTERVAL_S=2``), the YAML file
+named by ``STRATA_CONFIG`` (or passed in), then the built-in defaults below,
+which need no keys and no network.
+"""
+
+from __future__ import annotations
+
+import os
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from strata.errors import ConfigError
+
+
+class Price(BaseModel):
+    """USD prices. Per-token prices for APIs; GPU $/hour for self-hosted deployments."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input_per_1m: Decimal = Decimal(0)
+    output_per_1m: Decimal = Decimal(0)
+    # Self-hosted: cost per token = gpu_usd_per_hour / tokens per hour actually served
+    # over a sliding window; fallback_tokens_per_hour until enough traffic is seen.
+    gpu_usd_per_hour: Decimal | None = None
+    fallback_tokens_per_hour: int | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _self_hosted_needs_throughput(self) -> Price:
+        if self.gpu_usd_per_hour is not None and self.fallback_tokens_per_hour is None:
+            raise ValueError(
+                "gpu_usd_per_hour needs fallback_tokens_per_hour (tokens the GPU serves per "
+                "hour before real traffic is measured; the reference H100: 720000)"
+            )
+        return self
+
+
+class ProviderConfig(BaseModel):
+    """A provider instance. ``type`` names a ``strata.providers`` entry point; the
+    remaining keys are that provider's own options, validated by the provider."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    price: Price | None = None
+
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class Deployment(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    provider: str
+    model: str
+    price: Price | None = None
+
+
+class Alias(BaseModel):
+    """A model name clients use; resolves to ordered deployments."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["chat", "embedding"] = "chat"
+    description: str = ""
+    deployments: list[Deployment] = Field(min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        # `{provider: x, model: y}` is shorthand for a single deployment.
+        if isinstance(data, dict) and "provider" in data and "deployments" not in data:
+            data = dict(data)
+            dep = {k: data.pop(k) for k in ("provider", "model", "price") if k in data}
+            data["deployments"] = [dep]
+        return data
+
+
+def _default_providers() -> dict[str, ProviderConfig]:
+    return {
+        "local": ProviderConfig(type="local_llama"),
+        "local-embed": ProviderConfig(type="local_embed"),
+    }
+
+
+def _default_models() -> dict[str, Alias]:
+    return {
+        "default": Alias(
+            description="SmolLM2-135M-Instruct, embedded (llama.cpp)",
+            deployments=[Deployment(provider="local", model="smollm2-135m-instruct")],
+        ),
+        "embed-default": Alias(
+            kind="embedding",
+            description="all-MiniLM-L6-v2, embedded (sentence-transformers), 384 dimensions",
+            deployments=[Deployment(provider="local-embed", model="all-minilm-l6-v2")],
+        ),
+    }
+
+
+class AuthSettings(BaseModel):
+    # How long a verified key is trusted without asking PostgreSQL again; also the
+    # upper bound on how long a revoked key keeps working when Redis is down.
+    key_cache_ttl_s: float = 5.0
+    # While PostgreSQL is unreachable, keys verified before keep working this long.
+    stale_grace_s: float = 300.0
+    bootstrap_admin: bool = True
+
+
+class UsageSettings(BaseModel):
+    flush_interval_s: float = 1.0
+    batch_size: int = Field(default=500, gt=0)
+    # Records held in memory before spilling to the local file (none are dropped).
+    buffer_max: int = Field(default=20_000, gt=0)
+    # Self-hosted throughput window for cost per token.
+    throughput_window_s: float = 3600.0
+    throughput_min_observed_s: float = 300.0
+
+
+class LocalSettings(BaseModel):
+    # Waiting requests per local model beyond the one running; more get 429.
+    queue_max: int = Field(default=16, ge=0)
+    threads: int | None = None
+    n_ctx: int = 2048
+    embed_batch_size: int = Field(default=32, gt=0)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="STRATA_", env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
+
+    config: Path | None = None
+    data_dir: Path = Path(".strata")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    database_url: str | None = None
+    redis_url: str | None = None
+    log_level: str = "info"
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
+    auth: AuthSettings = AuthSettings()
+    usage: UsageSettings = UsageSettings()
+    local: LocalSettings = LocalSettings()
+    providers: dict[str, ProviderConfig] = Field(default_factory=_default_providers)
+    models: dict[str, Alias] = Field(default_factory=_default_models)
+
+    @model_validator(mode="after")
+    def _references(self) -> Settings:
+        for name, alias in self.models.items():
+            for i, dep in enumerate(alias.deployments):
+                if dep.provider not in self.providers:
+                    known = ", ".join(sorted(self.providers)) or "none"
+                    raise ValueError(
+                        f"models.{name}.deployments.{i}.provider: unknown provider "
+                        f"{dep.provider!r} (declared: {known})"
+                    )
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _YamlSource(settings_cls))
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    """Reads the YAML named by the ``config`` init value or ``STRATA_CONFIG``."""
+
+    path: Path | None = None
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = _YamlSource.path
+        if path is None:
+            return {}
+        return read_yaml(path)
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    return data
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = [f"{source}: {exc.error_count()} problem(s)"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.append(f"  {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def load_settings(config: Path | str | None = None, **overrides: Any) -> Settings:
+    """Build settings from defaults, the YAML file, the environment and overrides.
+
+    Raises ConfigError with every problem and its path, never a raw traceback.
+    """
+    env_path = os.environ.get("STRATA_CONFIG")
+    path = Path(config) if config is not None else (Path(env_path) if env_path else None)
+    _YamlSource.path = path
+    try:
+        if path is not None:
+            overrides.setdefault("config", path)
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, str(path or "settings"))) from None
+    finally:
+        _YamlSource.path = None
+
+
+def environ(name: str) -> str | None:
+    """The one door to the environment for secret references (``env:NAME``)."""
+    return os.environ.get(name)

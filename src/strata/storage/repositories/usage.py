@@ -1,0 +1,96 @@
+"""Queries for usage records: batched inserts and summaries."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta, timezone
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Date, cast, func, literal_column, select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from strata.storage.models import UsageRecord
+
+UTC = timezone.utc
+
+
+async def insert_batch(engine: AsyncEngine, rows: list[dict[str, Any]]) -> None:
+    """Idempotent: a row whose id is already stored is skipped (spill replays)."""
+    if not rows:
+        return
+    async with engine.begin() as conn:
+        await conn.execute(insert(UsageRecord).on_conflict_do_nothing(index_elements=["id"]), rows)
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    day: date
+    alias: str
+    user_id: str
+    requests: int
+    errors: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: Decimal
+
+
+async def summarize(
+    engine: AsyncEngine,
+    *,
+    tenant_id: str | None,
+    user_id: str | None = None,
+    alias: str | None = None,
+    start: date | None = None,
+    end: date | None = None,
+) -> list[UsageRow]:
+    """Cost and tokens by UTC day, alias and user; ``end`` is inclusive."""
+    day = cast(func.timezone("UTC", UsageRecord.created_at), Date).label("day")
+    stmt = (
+        select(
+            day,
+            UsageRecord.alias,
+            UsageRecord.user_id,
+            func.count().label("requests"),
+            func.count().filter(UsageRecord.status != "ok").label("errors"),
+            func.coalesce(func.sum(UsageRecord.prompt_tokens), 0).label("prompt_tokens"),
+            func.coalesce(func.sum(UsageRecord.completion_tokens), 0).label("completion_tokens"),
+            func.coalesce(func.sum(UsageRecord.cost_usd), 0).label("cost_usd"),
+        )
+        .group_by(literal_column("1"), UsageRecord.alias, UsageRecord.user_id)
+        .order_by(literal_column("1"), UsageRecord.alias, UsageRecord.user_id)
+    )
+    if tenant_id is not None:
+        stmt = stmt.where(UsageRecord.tenant_id == tenant_id)
+    if user_id is not None:
+        stmt = stmt.where(UsageRecord.user_id == user_id)
+    if alias is not None:
+        stmt = stmt.where(UsageRecord.alias == alias)
+    if start is not None:
+        stmt = stmt.where(UsageRecord.created_at >= datetime.combine(start, time(), UTC))
+    if end is not None:
+        stmt = stmt.where(
+            UsageRecord.created_at < datetime.combine(end + timedelta(days=1), time(), UTC)
+        )
+    async with engine.connect() as conn:
+        rows = (await conn.execute(stmt)).all()
+    return [
+        UsageRow(
+            day=r.day,
+            alias=r.alias,
+            user_id=r.user_id,
+            requests=r.requests,
+            errors=r.errors,
+            prompt_tokens=int(r.prompt_tokens),
+            completion_tokens=int(r.completion_tokens),
+            cost_usd=Decimal(r.cost_usd),
+        )
+        for r in rows
+    ]
+
+
+async def count_for_request(engine: AsyncEngine, request_id: str) -> int:
+    async with engine.connect() as conn:
+        stmt = select(func.count()).where(UsageRecord.request_id == request_id)
+        return int((await conn.execute(stmt)).scalar_one())

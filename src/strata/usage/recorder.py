@@ -1,0 +1,197 @@
+"""Usage records: buffered in memory, written to PostgreSQL in batches off the hot path.
+
+Policy when PostgreSQL is unreachable: records stay in memory (up to
+``usage.buffer_max``), then the oldest are appended to a local spill file
+(``<data_dir>/usage-spill.jsonl``). Every flush retries with backoff; once the
+database answers, the spill file is replayed. Rows carry an id made here, so a
+replay after a partial write never double-counts. On shutdown the buffer is
+flushed, or spilled if the database is still down: nothing is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+log = logging.getLogger("strata.usage")
+
+UTC = timezone.utc
+MAX_BACKOFF_S = 30.0
+
+
+@dataclass(slots=True)
+class UsageEvent:
+    request_id: str
+    tenant_id: str
+    user_id: str
+    key_id: str
+    endpoint: str
+    alias: str
+    provider: str | None = None
+    model: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: Decimal = Decimal(0)
+    latency_ms: float = 0.0
+    ttft_ms: float | None = None
+    stream: bool = False
+    status: str = "ok"  # ok | error | cancelled
+    status_code: int = 200
+    error_type: str | None = None
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    id: uuid.UUID = field(default_factory=uuid.uuid4)
+
+
+Writer = Callable[[list[dict[str, Any]]], Awaitable[None]]
+Toucher = Callable[[dict[str, datetime]], Awaitable[None]]
+
+
+class UsageRecorder:
+    def __init__(
+        self,
+        write: Writer,
+        *,
+        spill_path: Path,
+        batch_size: int = 500,
+        buffer_max: int = 20_000,
+        flush_interval_s: float = 1.0,
+        touch: Toucher | None = None,
+    ) -> None:
+        self._write = write
+        self._touch = touch
+        self.spill_path = spill_path
+        self.batch_size = batch_size
+        self.buffer_max = buffer_max
+        self.flush_interval_s = flush_interval_s
+        self._buffer: deque[UsageEvent] = deque()
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self.write_failures = 0
+        self.written = 0
+        self.spilled = 0
+
+    def record(self, event: UsageEvent) -> None:
+        """Hot path: O(1), never awaits."""
+        self._buffer.append(event)
+        if len(self._buffer) > self.buffer_max:
+            self._spill(self.batch_size)
+        elif len(self._buffer) >= self.batch_size:
+            self._wake.set()
+
+    @property
+    def depth(self) -> int:
+        return len(self._buffer)
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="usage-flush")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        try:
+            await self.flush()
+        finally:
+            if self._buffer:
+                log.warning("database unreachable at shutdown; spilling %d usage records", len(self._buffer))
+                self._spill(len(self._buffer))
+
+    async def flush(self) -> None:
+        """Write everything buffered (and any spill file). Raises if the database fails."""
+        async with self._lock:
+            await self._replay_spill()
+            while self._buffer:
+                batch = [self._buffer.popleft() for _ in range(min(self.batch_size, len(self._buffer)))]
+                try:
+                    await self._write([_row(e) for e in batch])
+                except BaseException:
+                    self._buffer.extendleft(reversed(batch))
+                    raise
+                self.written += len(batch)
+                await self._touch_keys(batch)
+
+    async def _loop(self) -> None:
+        backoff = self.flush_interval_s
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=backoff)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                await self.flush()
+                backoff = self.flush_interval_s
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.write_failures += 1
+                backoff = min(MAX_BACKOFF_S, backoff * 2)
+                log.warning(
+                    "usage write failed (%s); %d records kept, retrying in %.0fs",
+                    type(exc).__name__,
+                    len(self._buffer),
+                    backoff,
+                )
+
+    async def _touch_keys(self, batch: list[UsageEvent]) -> None:
+        if self._touch is None:
+            return
+        last: dict[str, datetime] = {}
+        for e in batch:
+            if e.key_id and (e.key_id not in last or e.created_at > last[e.key_id]):
+                last[e.key_id] = e.created_at
+        try:
+            await self._touch(last)
+        except Exception as exc:  # best effort: last_used_at is informational
+            log.info("could not update key last_used_at: %s", type(exc).__name__)
+
+    def _spill(self, n: int) -> None:
+        self.spill_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.spill_path.open("ab") as f:
+            for _ in range(min(n, len(self._buffer))):
+                f.write(orjson.dumps(_row(self._buffer.popleft()), default=str) + b"\n")
+                self.spilled += 1
+            f.flush()
+            os.fsync(f.fileno())
+
+    async def _replay_spill(self) -> None:
+        # Rename first, so records spilled while replaying go to a fresh file. A
+        # leftover .replaying file is from a replay cut short: finish it first.
+        replaying = self.spill_path.with_suffix(".replaying")
+        if not replaying.exists():
+            if not self.spill_path.exists():
+                return
+            os.replace(self.spill_path, replaying)
+        rows = [_from_spill(orjson.loads(line)) for line in replaying.read_bytes().splitlines() if line.strip()]
+        for i in range(0, len(rows), self.batch_size):
+            await self._write(rows[i : i + self.batch_size])
+        replaying.unlink()
+        self.written += len(rows)
+        log.info("replayed %d spilled usage records", len(rows))
+
+
+def _row(e: UsageEvent) -> dict[str, Any]:
+    return asdict(e)
+
+
+def _from_spill(row: dict[str, Any]) -> dict[str, Any]:
+    row["id"] = uuid.UUID(row["id"])
+    row["created_at"] = datetime.fromisoformat(row["created_at"])
+    row["cost_usd"] = Decimal(row["cost_usd"])
+    return row
