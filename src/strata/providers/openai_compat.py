@@ -8,6 +8,7 @@ through untouched. Upstream failures become Strata errors that name the provider
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -25,7 +26,7 @@ from strata.errors import (
     ProviderUnavailable,
     StrataError,
 )
-from strata.providers.base import ChatResult, EmbedResult, Provider, ProviderOptions
+from strata.providers.base import ChatResult, EmbedResult, Provider, ProviderOptions, usage_chunk
 from strata.security.credentials import Secret, resolve_secret
 
 
@@ -113,16 +114,36 @@ class OpenAICompatProvider(Provider):
             async with self._post("/chat/completions", payload) as resp:
                 if resp.status >= 400:
                     raise self._upstream_error(resp, await resp.read())
+                usage_seen, content_chunks, last = False, 0, {}
                 async for line in resp.content:
                     if not line.startswith(b"data:"):
                         continue
                     data = line[5:].strip()
                     if data == b"[DONE]":
-                        return
+                        break
                     chunk = _loads(data, self.name)
                     if "error" in chunk:
-                        raise _error_from_body(self.name, 502, chunk)
+                        raise self._scrub(_error_from_body(self.name, 502, chunk))
+                    if chunk.get("usage"):
+                        usage_seen = True
+                    elif any(
+                        (c.get("delta") or {}).get("content")
+                        or (c.get("delta") or {}).get("tool_calls")
+                        for c in chunk.get("choices") or ()
+                    ):
+                        content_chunks += 1
+                    last = chunk
                     yield chunk
+            if not usage_seen:
+                # Some upstreams (llama-cpp-python's server) ignore stream_options: keep
+                # the contract with an estimate (one chunk is about one token).
+                yield usage_chunk(
+                    str(last.get("id") or "chatcmpl-strata"),
+                    int(last.get("created") or time.time()),
+                    str(last.get("model") or model),
+                    _estimate_prompt(body),
+                    content_chunks,
+                )
         except (StrataError, asyncio.CancelledError, GeneratorExit):
             raise
         except Exception as exc:
@@ -140,8 +161,15 @@ class OpenAICompatProvider(Provider):
             raise self._transport_error(exc) from None
         data = _loads(raw, self.name)
         items = sorted(data.get("data", []), key=lambda d: d.get("index", 0))
+        vectors = [d.get("embedding") for d in items]
+        if len(vectors) != len(inputs) or not all(_is_vector(v) for v in vectors):
+            raise ProviderError(
+                "the upstream sent embeddings in an unexpected shape (want one flat vector of "
+                "numbers per input; per-token vectors mean the upstream model has no pooling)",
+                provider=self.name,
+            )
         usage = data.get("usage") or {}
-        return EmbedResult([d["embedding"] for d in items], int(usage.get("prompt_tokens") or 0))
+        return EmbedResult(vectors, int(usage.get("prompt_tokens") or 0))
 
     def _upstream_error(self, resp: aiohttp.ClientResponse, raw: bytes) -> StrataError:
         try:
@@ -151,6 +179,14 @@ class OpenAICompatProvider(Provider):
         err = _error_from_body(self.name, resp.status, body if isinstance(body, dict) else {})
         if isinstance(err, ProviderRateLimited):
             err.retry_after = _retry_after(resp.headers.get("retry-after"))
+        return self._scrub(err)
+
+    def _scrub(self, err: StrataError) -> StrataError:
+        """Upstreams may echo the key they were sent; never pass it on."""
+        secret = self._secret.reveal() if self._secret is not None else ""
+        if secret and secret in err.message:
+            err.message = err.message.replace(secret, "****")
+            err.args = (err.message,)
         return err
 
     def _transport_error(self, exc: BaseException) -> StrataError:
@@ -201,6 +237,25 @@ def _error_from_body(provider: str, status: int, body: dict[str, Any]) -> Strata
     if status in (502, 503, 504):
         return ProviderUnavailable(detail, provider=provider)
     return ProviderError(detail, provider=provider)
+
+
+def _is_vector(value: Any) -> bool:
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(x, int | float) and not isinstance(x, bool) for x in value)
+    )
+
+
+def _estimate_prompt(body: dict[str, Any]) -> int:
+    """Rough prompt tokens (4 characters a token), when the upstream reports none."""
+    messages = body.get("messages") or []
+    chars = sum(
+        len(m.get("content") or "")
+        for m in messages
+        if isinstance(m, dict) and isinstance(m.get("content"), str)
+    )
+    return chars // 4 + 1
 
 
 def _retry_after(value: str | None) -> float | None:

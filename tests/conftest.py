@@ -1,0 +1,220 @@
+"""Shared fixtures: real PostgreSQL and Redis, and a real Strata server on loopback.
+
+PostgreSQL: embedded (pgserver, pgvector) in a fresh temp dir per session, or
+STRATA_TEST_DATABASE_URL. Redis: STRATA_TEST_REDIS_URL (CI uses the machine's),
+else embedded. The server runs in a thread on a free port; API tests talk to it
+with the official openai SDK.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+import redis
+import uvicorn
+
+from strata.app import create_app
+from strata.security.keys import Principal
+from strata.settings import Settings, load_settings
+from strata.storage import migrate
+from strata.storage.embedded import EmbeddedPostgres, EmbeddedRedis
+from strata.storage.engine import make_engine
+from strata.storage.repositories import keys as key_repo
+
+
+# Models every test server knows: the embedded defaults plus scripted fakes.
+TEST_CONFIG: dict[str, Any] = {
+    "providers": {
+        "local": {"type": "local_llama"},
+        "local-embed": {"type": "local_embed"},
+        "fake": {"type": "fake", "price": {"input_per_1m": "1.00", "output_per_1m": "2.00"}},
+        "fake-slow": {"type": "fake", "chunk_delay_s": 0.05, "reply": " ".join(["word"] * 200)},
+        "fake-down": {"type": "fake", "error_status": 503},
+    },
+    "models": {
+        "default": {"provider": "local", "model": "smollm2-135m-instruct"},
+        "embed-default": {"kind": "embedding", "provider": "local-embed", "model": "all-minilm-l6-v2"},
+        "fake": {"provider": "fake", "model": "fake-1"},
+        "fake-slow": {"provider": "fake-slow", "model": "fake-slow-1"},
+        "fake-down": {"provider": "fake-down", "model": "fake-down-1"},
+    },
+    # Flush usage often so tests can read their records quickly.
+    "usage": {"flush_interval_s": 0.1},
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    url = os.environ.get("STRATA_TEST_DATABASE_URL")
+    if url:
+        migrate.upgrade(url)
+        yield url
+        return
+    # A fresh cluster per session: concurrent sessions never share one.
+    pg = EmbeddedPostgres(tmp_path_factory.mktemp("services"))
+    url = pg.start()
+    migrate.upgrade(url)
+    yield url
+    pg.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    url = os.environ.get("STRATA_TEST_REDIS_URL")
+    if url:
+        yield url
+        return
+    rd = EmbeddedRedis(tmp_path_factory.mktemp("services"))
+    yield rd.start()
+    rd.stop()
+
+
+@pytest.fixture(scope="session")
+def settings_factory(
+    database_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Callable[..., Settings]:
+    def make(**overrides: Any) -> Settings:
+        data = {"database_url": database_url, "redis_url": redis_url, **TEST_CONFIG, **overrides}
+        data.setdefault("data_dir", tmp_path_factory.mktemp("data"))
+        return load_settings(None, **data)
+
+    return make
+
+
+class ServerThread:
+    """A real uvicorn server for one app, on a free loopback port, in a thread."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.port = free_port()
+        self.app = create_app(settings)
+        config = uvicorn.Config(
+            self.app, host="127.0.0.1", port=self.port, log_config=None, access_log=False
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("test server did not start")
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+
+    @property
+    def runtime(self) -> Any:
+        return self.app.state.runtime
+
+
+@pytest.fixture(scope="session")
+def server(settings_factory: Callable[..., Settings]) -> Iterator[ServerThread]:
+    srv = ServerThread(settings_factory()).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def start_server(settings_factory: Callable[..., Settings]) -> Iterator[Callable[..., ServerThread]]:
+    """Start an extra server with settings overrides; stopped at session end."""
+    started: list[ServerThread] = []
+
+    def start(**overrides: Any) -> ServerThread:
+        srv = ServerThread(settings_factory(**overrides)).start()
+        started.append(srv)
+        return srv
+
+    yield start
+    for srv in started:
+        srv.stop()
+
+
+def _create_key(database_url: str, **kwargs: Any) -> key_repo.NewKey:
+    async def run() -> key_repo.NewKey:
+        engine = make_engine(database_url, pool_size=1)
+        try:
+            return await key_repo.create_key(engine, **kwargs)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
+@pytest.fixture(scope="session")
+def new_key(database_url: str) -> Callable[..., key_repo.NewKey]:
+    """Create keys in the test database: new_key(tenant="t", user="u", is_admin=False)."""
+
+    def make(tenant: str = "acme", user: str | None = None, is_admin: bool = False) -> key_repo.NewKey:
+        user = user or "user-" + os.urandom(4).hex()
+        return _create_key(database_url, tenant_id=tenant, user_id=user, is_admin=is_admin)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def api_key(new_key: Callable[..., key_repo.NewKey]) -> key_repo.NewKey:
+    return new_key(tenant="acme", user="alice")
+
+
+@pytest.fixture
+def client(server: ServerThread, api_key: key_repo.NewKey) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.base_url + "/v1", api_key=api_key.key, max_retries=0)
+
+
+@pytest.fixture
+def aclient(server: ServerThread, api_key: key_repo.NewKey) -> AsyncIterator[openai.AsyncOpenAI]:
+    return openai.AsyncOpenAI(base_url=server.base_url + "/v1", api_key=api_key.key, max_retries=0)
+
+
+@pytest.fixture(scope="session")
+def sync_redis(redis_url: str) -> redis.Redis:
+    return redis.Redis.from_url(redis_url)
+
+
+async def usage_rows(database_url: str, request_id: str, *, want: int = 1, timeout: float = 10.0) -> list[Any]:
+    """Usage rows for a request id, waiting (bounded) for the background flush."""
+    from sqlalchemy import select
+
+    from strata.storage.models import UsageRecord
+
+    engine = make_engine(database_url, pool_size=1)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            async with engine.connect() as conn:
+                rows = (
+                    await conn.execute(select(UsageRecord).where(UsageRecord.request_id == request_id))
+                ).all()
+            if len(rows) >= want or time.monotonic() > deadline:
+                return list(rows)
+            await asyncio.sleep(0.1)
+    finally:
+        await engine.dispose()
+
+
+def principal_of(key: key_repo.NewKey) -> Principal:
+    return Principal(key_id=key.id, tenant_id=key.tenant_id, user_id=key.user_id, is_admin=key.is_admin)
