@@ -14,7 +14,6 @@ import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import openai
@@ -30,7 +29,6 @@ from strata.storage.embedded import EmbeddedPostgres, EmbeddedRedis
 from strata.storage.engine import make_engine
 from strata.storage.repositories import keys as key_repo
 
-
 # Models every test server knows: the embedded defaults plus scripted fakes.
 TEST_CONFIG: dict[str, Any] = {
     "providers": {
@@ -42,7 +40,11 @@ TEST_CONFIG: dict[str, Any] = {
     },
     "models": {
         "default": {"provider": "local", "model": "smollm2-135m-instruct"},
-        "embed-default": {"kind": "embedding", "provider": "local-embed", "model": "all-minilm-l6-v2"},
+        "embed-default": {
+            "kind": "embedding",
+            "provider": "local-embed",
+            "model": "all-minilm-l6-v2",
+        },
         "fake": {"provider": "fake", "model": "fake-1"},
         "fake-slow": {"provider": "fake-slow", "model": "fake-slow-1"},
         "fake-down": {"provider": "fake-down", "model": "fake-down-1"},
@@ -139,7 +141,9 @@ def server(settings_factory: Callable[..., Settings]) -> Iterator[ServerThread]:
 
 
 @pytest.fixture(scope="session")
-def start_server(settings_factory: Callable[..., Settings]) -> Iterator[Callable[..., ServerThread]]:
+def start_server(
+    settings_factory: Callable[..., Settings],
+) -> Iterator[Callable[..., ServerThread]]:
     """Start an extra server with settings overrides; stopped at session end."""
     started: list[ServerThread] = []
 
@@ -168,7 +172,9 @@ def _create_key(database_url: str, **kwargs: Any) -> key_repo.NewKey:
 def new_key(database_url: str) -> Callable[..., key_repo.NewKey]:
     """Create keys in the test database: new_key(tenant="t", user="u", is_admin=False)."""
 
-    def make(tenant: str = "acme", user: str | None = None, is_admin: bool = False) -> key_repo.NewKey:
+    def make(
+        tenant: str = "acme", user: str | None = None, is_admin: bool = False
+    ) -> key_repo.NewKey:
         user = user or "user-" + os.urandom(4).hex()
         return _create_key(database_url, tenant_id=tenant, user_id=user, is_admin=is_admin)
 
@@ -195,7 +201,9 @@ def sync_redis(redis_url: str) -> redis.Redis:
     return redis.Redis.from_url(redis_url)
 
 
-async def usage_rows(database_url: str, request_id: str, *, want: int = 1, timeout: float = 10.0) -> list[Any]:
+async def usage_rows(
+    database_url: str, request_id: str, *, want: int = 1, wait_s: float = 10.0
+) -> list[Any]:
     """Usage rows for a request id, waiting (bounded) for the background flush."""
     from sqlalchemy import select
 
@@ -203,11 +211,13 @@ async def usage_rows(database_url: str, request_id: str, *, want: int = 1, timeo
 
     engine = make_engine(database_url, pool_size=1)
     try:
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + wait_s
         while True:
             async with engine.connect() as conn:
                 rows = (
-                    await conn.execute(select(UsageRecord).where(UsageRecord.request_id == request_id))
+                    await conn.execute(
+                        select(UsageRecord).where(UsageRecord.request_id == request_id)
+                    )
                 ).all()
             if len(rows) >= want or time.monotonic() > deadline:
                 return list(rows)
@@ -217,4 +227,6 @@ async def usage_rows(database_url: str, request_id: str, *, want: int = 1, timeo
 
 
 def principal_of(key: key_repo.NewKey) -> Principal:
-    return Principal(key_id=key.id, tenant_id=key.tenant_id, user_id=key.user_id, is_admin=key.is_admin)
+    return Principal(
+        key_id=key.id, tenant_id=key.tenant_id, user_id=key.user_id, is_admin=key.is_admin
+    )

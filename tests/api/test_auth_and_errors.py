@@ -13,8 +13,8 @@ import redis
 
 from strata.security.auth import REVOKED_CHANNEL
 from strata.security.keys import hash_key
-from strata.storage.repositories import keys as key_repo
 from strata.storage.engine import make_engine
+from strata.storage.repositories import keys as key_repo
 from tests.conftest import ServerThread
 
 MSG = [{"role": "user", "content": "hi"}]
@@ -48,7 +48,9 @@ def test_wrong_key_is_401_and_not_echoed(server: ServerThread) -> None:
 
 
 def test_openai_sdk_sees_authentication_error(server: ServerThread) -> None:
-    c = openai.OpenAI(base_url=server.base_url + "/v1", api_key="sk-strata-" + "y" * 43, max_retries=0)
+    c = openai.OpenAI(
+        base_url=server.base_url + "/v1", api_key="sk-strata-" + "y" * 43, max_retries=0
+    )
     with pytest.raises(openai.AuthenticationError):
         c.models.list()
 
@@ -84,14 +86,20 @@ def test_invalid_parameters_are_400_naming_the_parameter(
     "raw",
     [b"", b"{", b"[1, 2]", b"null", b"\xff\xfe", b'"just a string"', b"{" * 10000],
 )
-def test_malformed_bodies_are_400(server: ServerThread, api_key: key_repo.NewKey, raw: bytes) -> None:
+def test_malformed_bodies_are_400(
+    server: ServerThread, api_key: key_repo.NewKey, raw: bytes
+) -> None:
     for path in ("/v1/chat/completions", "/v1/embeddings"):
-        r = post(server, path, api_key.key, content=raw, headers={"content-type": "application/json"})
+        r = post(
+            server, path, api_key.key, content=raw, headers={"content-type": "application/json"}
+        )
         assert r.status_code == 400, (path, raw[:20], r.text)
         error_of(r)
 
 
-def test_body_too_large_is_413(start_server: Callable[..., ServerThread], api_key: key_repo.NewKey) -> None:
+def test_body_too_large_is_413(
+    start_server: Callable[..., ServerThread], api_key: key_repo.NewKey
+) -> None:
     srv = start_server(max_body_bytes=2048)
     big = {"model": "fake", "messages": [{"role": "user", "content": "x" * 5000}]}
     r = post(srv, "/v1/chat/completions", api_key.key, json=big)
@@ -107,27 +115,38 @@ def test_body_too_large_is_413(start_server: Callable[..., ServerThread], api_ke
     assert r.status_code == 413
 
 
-def test_unknown_route_is_404_in_openai_shape(server: ServerThread, api_key: key_repo.NewKey) -> None:
+def test_unknown_route_is_404_in_openai_shape(
+    server: ServerThread, api_key: key_repo.NewKey
+) -> None:
     r = post(server, "/v1/nothing-here", api_key.key, json={})
     assert r.status_code == 404
     assert error_of(r)["code"] == "unknown_url"
 
 
-def test_wrong_method_is_405_in_openai_shape(server: ServerThread, api_key: key_repo.NewKey) -> None:
-    r = httpx.get(server.base_url + "/v1/chat/completions", headers={"authorization": f"Bearer {api_key.key}"})
+def test_wrong_method_is_405_in_openai_shape(
+    server: ServerThread, api_key: key_repo.NewKey
+) -> None:
+    r = httpx.get(
+        server.base_url + "/v1/chat/completions", headers={"authorization": f"Bearer {api_key.key}"}
+    )
     assert r.status_code == 405
     error_of(r)
 
 
 def test_request_id_is_echoed_or_generated(server: ServerThread, api_key: key_repo.NewKey) -> None:
     rid = "test-" + uuid.uuid4().hex
-    r = post(server, "/v1/chat/completions", api_key.key, json={"model": "fake", "messages": MSG},
-             headers={"x-request-id": rid})
+    r = post(
+        server,
+        "/v1/chat/completions",
+        api_key.key,
+        json={"model": "fake", "messages": MSG},
+        headers={"x-request-id": rid},
+    )
     assert r.headers["x-request-id"] == rid
     r = post(server, "/v1/chat/completions", None, json={})
     assert len(r.headers["x-request-id"]) == 32
     # An unsafe id (log injection) is replaced, not echoed.
-    for bad in ("a b\"c", "x" * 300):
+    for bad in ('a b"c', "x" * 300):
         r = httpx.get(server.base_url + "/healthz", headers={"x-request-id": bad})
         assert r.headers["x-request-id"] != bad
 

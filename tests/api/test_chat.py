@@ -52,9 +52,12 @@ def test_temperature_zero_is_deterministic(client: openai.OpenAI) -> None:
 
 
 def test_stop_sequence_cuts_the_answer(client: openai.OpenAI) -> None:
-    base = client.chat.completions.create(
-        model="default", messages=MSG, max_tokens=16, temperature=0
-    ).choices[0].message.content or ""
+    base = (
+        client.chat.completions.create(model="default", messages=MSG, max_tokens=16, temperature=0)
+        .choices[0]
+        .message.content
+        or ""
+    )
     words = base.split()
     assert len(words) >= 2, base
     stop = words[1]
@@ -83,15 +86,23 @@ def test_stream_with_usage(client: openai.OpenAI) -> None:
     assert last.choices == []
     assert last.usage is not None and 0 < last.usage.completion_tokens <= 8
     assert all(c.usage is None for c in chunks[:-1])
-    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    finishes = [
+        c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
+    ]
     assert finishes in (["stop"], ["length"])
 
 
 def test_stream_matches_non_stream_at_temperature_zero(client: openai.OpenAI) -> None:
-    full = client.chat.completions.create(model="default", messages=MSG, max_tokens=10, temperature=0)
+    full = client.chat.completions.create(
+        model="default", messages=MSG, max_tokens=10, temperature=0
+    )
     chunks = list(
         client.chat.completions.create(
-            model="default", messages=MSG, max_tokens=10, temperature=0, stream=True,
+            model="default",
+            messages=MSG,
+            max_tokens=10,
+            temperature=0,
+            stream=True,
             stream_options={"include_usage": True},
         )
     )
@@ -103,9 +114,7 @@ def test_stream_matches_non_stream_at_temperature_zero(client: openai.OpenAI) ->
 
 
 def test_stream_without_usage_has_no_usage_chunk(client: openai.OpenAI) -> None:
-    chunks = list(
-        client.chat.completions.create(model="fake", messages=MSG, stream=True)
-    )
+    chunks = list(client.chat.completions.create(model="fake", messages=MSG, stream=True))
     assert all(c.choices for c in chunks)
     assert all(c.usage is None for c in chunks)
 

@@ -17,7 +17,11 @@ def cosine(a: list[float], b: list[float]) -> float:
 
 
 def test_vectors_are_384_dimensional_and_meaningful(client: openai.OpenAI) -> None:
-    texts = ["The cat sits on the mat.", "A kitten is resting on a rug.", "Stock markets fell sharply."]
+    texts = [
+        "The cat sits on the mat.",
+        "A kitten is resting on a rug.",
+        "Stock markets fell sharply.",
+    ]
     r = client.embeddings.create(model="embed-default", input=texts)
     assert [d.index for d in r.data] == [0, 1, 2]
     vecs = [d.embedding for d in r.data]

@@ -21,13 +21,15 @@ async def test_full_queue_answers_429_with_retry_after(
     srv = start_server(local={"queue_max": 0})
     headers = {"authorization": f"Bearer {api_key.key}"}
     body = {"model": "default", "messages": LONG, "max_tokens": 400, "stream": True}
-    async with httpx.AsyncClient(base_url=srv.base_url, headers=headers, timeout=60) as http:
-        async with http.stream("POST", "/v1/chat/completions", json=body) as first:
-            assert first.status_code == 200
-            r = await http.post("/v1/chat/completions", json={**body, "stream": False, "max_tokens": 5})
-            assert r.status_code == 429
-            assert r.json()["error"]["code"] == "queue_full"
-            assert int(r.headers["retry-after"]) >= 1
+    async with (
+        httpx.AsyncClient(base_url=srv.base_url, headers=headers, timeout=60) as http,
+        http.stream("POST", "/v1/chat/completions", json=body) as first,
+    ):
+        assert first.status_code == 200
+        r = await http.post("/v1/chat/completions", json={**body, "stream": False, "max_tokens": 5})
+        assert r.status_code == 429
+        assert r.json()["error"]["code"] == "queue_full"
+        assert int(r.headers["retry-after"]) >= 1
 
 
 async def test_other_endpoints_stay_responsive_while_generating(
@@ -65,7 +67,9 @@ async def test_other_endpoints_stay_responsive_while_generating(
         assert time.perf_counter() - t0 < 5.0
 
 
-async def test_concurrent_requests_all_complete_in_order(server: ServerThread, api_key: NewKey) -> None:
+async def test_concurrent_requests_all_complete_in_order(
+    server: ServerThread, api_key: NewKey
+) -> None:
     headers = {"authorization": f"Bearer {api_key.key}"}
     done: list[int] = []
     async with httpx.AsyncClient(base_url=server.base_url, headers=headers, timeout=120) as http:

@@ -29,7 +29,12 @@ def test_readyz_checks_database_redis_and_models(server: ServerThread) -> None:
     r = httpx.get(server.base_url + "/readyz")
     assert r.status_code == 200, r.text
     checks = r.json()["checks"]
-    assert checks == {"database": "ok", "redis": "ok", "model:default": "ok", "model:embed-default": "ok"}
+    assert checks == {
+        "database": "ok",
+        "redis": "ok",
+        "model:default": "ok",
+        "model:embed-default": "ok",
+    }
 
 
 def test_readyz_is_503_when_redis_is_unreachable(start_server) -> None:  # type: ignore[no-untyped-def]

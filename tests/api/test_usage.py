@@ -24,10 +24,16 @@ async def test_success_is_recorded_with_cost(
     client: openai.OpenAI, api_key: NewKey, database_url: str
 ) -> None:
     r_id = rid()
-    r = client.chat.completions.create(model="fake", messages=MSG, extra_headers={"x-request-id": r_id})
+    r = client.chat.completions.create(
+        model="fake", messages=MSG, extra_headers={"x-request-id": r_id}
+    )
     [row] = await usage_rows(database_url, r_id)
     assert row.status == "ok" and row.status_code == 200
-    assert (row.tenant_id, row.user_id, row.key_id) == (api_key.tenant_id, api_key.user_id, api_key.id)
+    assert (row.tenant_id, row.user_id, row.key_id) == (
+        api_key.tenant_id,
+        api_key.user_id,
+        api_key.id,
+    )
     assert (row.alias, row.provider, row.model) == ("fake", "fake", "fake-1")
     assert r.usage is not None
     assert row.prompt_tokens == r.usage.prompt_tokens == 4
@@ -40,9 +46,11 @@ async def test_success_is_recorded_with_cost(
 
 async def test_stream_is_recorded_once(client: openai.OpenAI, database_url: str) -> None:
     r_id = rid()
-    list(client.chat.completions.create(
-        model="fake", messages=MSG, stream=True, extra_headers={"x-request-id": r_id}
-    ))
+    list(
+        client.chat.completions.create(
+            model="fake", messages=MSG, stream=True, extra_headers={"x-request-id": r_id}
+        )
+    )
     [row] = await usage_rows(database_url, r_id)
     assert row.stream and row.status == "ok" and row.completion_tokens > 0 and row.cost_usd > 0
 
@@ -50,7 +58,9 @@ async def test_stream_is_recorded_once(client: openai.OpenAI, database_url: str)
 async def test_provider_failure_is_recorded(client: openai.OpenAI, database_url: str) -> None:
     r_id = rid()
     with pytest.raises(openai.InternalServerError):
-        client.chat.completions.create(model="fake-down", messages=MSG, extra_headers={"x-request-id": r_id})
+        client.chat.completions.create(
+            model="fake-down", messages=MSG, extra_headers={"x-request-id": r_id}
+        )
     [row] = await usage_rows(database_url, r_id)
     assert row.status == "error" and row.status_code == 503
     assert row.error_type == "ProviderUnavailable" and row.cost_usd == 0
@@ -68,7 +78,9 @@ async def test_invalid_request_is_recorded(client: openai.OpenAI, database_url: 
 
 async def test_embeddings_are_recorded(client: openai.OpenAI, database_url: str) -> None:
     r_id = rid()
-    client.embeddings.create(model="embed-default", input=["a b c"], extra_headers={"x-request-id": r_id})
+    client.embeddings.create(
+        model="embed-default", input=["a b c"], extra_headers={"x-request-id": r_id}
+    )
     [row] = await usage_rows(database_url, r_id)
     assert row.endpoint == "embeddings" and row.prompt_tokens == 5  # [CLS] a b c [SEP]
 
@@ -79,14 +91,18 @@ async def test_cancelled_stream_is_recorded_and_stops_upstream(
     r_id = rid()
     body = {"model": "fake-slow", "messages": MSG, "stream": True}
     headers = {"authorization": f"Bearer {api_key.key}", "x-request-id": r_id}
-    async with httpx.AsyncClient(timeout=30) as http:
-        async with http.stream("POST", server.base_url + "/v1/chat/completions", json=body, headers=headers) as resp:
-            assert resp.status_code == 200
-            lines = 0
-            async for line in resp.aiter_lines():
-                lines += line.startswith("data:")
-                if lines >= 5:
-                    break
+    async with (
+        httpx.AsyncClient(timeout=30) as http,
+        http.stream(
+            "POST", server.base_url + "/v1/chat/completions", json=body, headers=headers
+        ) as resp,
+    ):
+        assert resp.status_code == 200
+        lines = 0
+        async for line in resp.aiter_lines():
+            lines += line.startswith("data:")
+            if lines >= 5:
+                break
     [row] = await usage_rows(database_url, r_id)
     assert row.status == "cancelled" and row.stream
     # 200 words at 50 ms each would take 10 s; we left after about 5.
@@ -113,7 +129,9 @@ def test_usage_endpoint_scopes_to_the_caller(
 
     def usage(k: NewKey, **params: str) -> httpx.Response:
         return httpx.get(
-            server.base_url + "/v1/usage", params=params, headers={"authorization": f"Bearer {k.key}"}
+            server.base_url + "/v1/usage",
+            params=params,
+            headers={"authorization": f"Bearer {k.key}"},
         )
 
     mine = usage(bob).json()

@@ -41,4 +41,6 @@ async def readyz(rt: RuntimeDep) -> Response:
             target = rt.router.candidates(name, rt.router.aliases[name].kind)[0]
             checks[f"model:{name}"] = "ok" if target.provider.ready() else "loading"
     ready = all(v == "ok" for v in checks.values())
-    return json_response({"status": "ready" if ready else "not ready", "checks": checks}, 200 if ready else 503)
+    return json_response(
+        {"status": "ready" if ready else "not ready", "checks": checks}, 200 if ready else 503
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from starlette.responses import Response
@@ -42,7 +43,7 @@ class SSEResponse(Response):
             await self.stream.close()
 
     async def _pump(self, send: Any) -> None:
-        events = self.stream.events()
+        events: AsyncGenerator[bytes, None] = self.stream.events()
         try:
             async for data in events:
                 await send({"type": "http.response.body", "body": data, "more_body": True})

@@ -16,7 +16,9 @@ app = typer.Typer(no_args_is_help=True, help="Validate and inspect configuration
 
 
 @app.command()
-def check(path: Path | None = typer.Argument(None, help="strata.yaml (default: $STRATA_CONFIG)")) -> None:
+def check(
+    path: Path | None = typer.Argument(None, help="strata.yaml (default: $STRATA_CONFIG)"),
+) -> None:
     """Validate a config file and explain every problem with its path."""
     try:
         settings = load_settings(path)

@@ -10,7 +10,14 @@ import typer
 from rich.table import Table
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from strata.cli.common import ConfigOpt, console, err_console, running_services, settings_or_exit, with_engine
+from strata.cli.common import (
+    ConfigOpt,
+    console,
+    err_console,
+    running_services,
+    settings_or_exit,
+    with_engine,
+)
 from strata.security.auth import REVOKED_CHANNEL
 from strata.storage.repositories import keys as key_repo
 
@@ -36,9 +43,15 @@ def create(
             ),
         )
     if as_json:
-        typer.echo(json.dumps({"id": new.id, "key": new.key, "tenant": tenant, "user": user, "admin": admin}))
+        typer.echo(
+            json.dumps(
+                {"id": new.id, "key": new.key, "tenant": tenant, "user": user, "admin": admin}
+            )
+        )
         return
-    console.print(f"created [bold]{new.id}[/bold] for {tenant}/{user}" + (" (admin)" if admin else ""))
+    console.print(
+        f"created [bold]{new.id}[/bold] for {tenant}/{user}" + (" (admin)" if admin else "")
+    )
     console.print(f"key (shown once): [bold]{new.key}[/bold]")
 
 
@@ -102,9 +115,11 @@ def revoke(key_id: str, config: Path | None = ConfigOpt) -> None:
             raise typer.Exit(1)
         try:
             # Instances evict at once; if Redis is down, their cache TTL bounds the delay.
-            redis.Redis.from_url(live.redis_url or "", socket_timeout=2).publish(REVOKED_CHANNEL, key_hash)
+            redis.Redis.from_url(live.redis_url or "", socket_timeout=2).publish(
+                REVOKED_CHANNEL, key_hash
+            )
         except redis.RedisError:
-            err_console.print("[yellow]Redis unreachable: instances notice within the key cache TTL[/yellow]")
+            err_console.print(
+                "[yellow]Redis unreachable: instances notice within the key cache TTL[/yellow]"
+            )
     console.print(f"revoked {key_id}")
-
-

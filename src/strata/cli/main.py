@@ -25,7 +25,11 @@ from strata.settings import Settings
 from strata.storage import migrate as migrate_mod
 from strata.storage.repositories import keys as key_repo
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="Strata: the production AI stack in one server.")
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="Strata: the production AI stack in one server.",
+)
 app.add_typer(keys_cmd.app, name="keys")
 app.add_typer(config_cmd.app, name="config")
 app.command("usage")(usage_cmd.usage)

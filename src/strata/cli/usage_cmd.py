@@ -15,7 +15,9 @@ from strata.storage.repositories import usage as usage_repo
 
 
 def usage(
-    days: int = typer.Option(7, "--days", "-d", min=1, help="how many UTC days back, today included"),
+    days: int = typer.Option(
+        7, "--days", "-d", min=1, help="how many UTC days back, today included"
+    ),
     tenant: str | None = typer.Option(None, "--tenant", "-t", help="default: all tenants"),
     user: str | None = typer.Option(None, "--user", "-u"),
     model: str | None = typer.Option(None, "--model", "-m", help="a model alias"),
@@ -28,7 +30,9 @@ def usage(
     with running_services(settings) as live:
         rows = with_engine(
             live,
-            lambda e: usage_repo.summarize(e, tenant_id=tenant, user_id=user, alias=model, start=start),
+            lambda e: usage_repo.summarize(
+                e, tenant_id=tenant, user_id=user, alias=model, start=start
+            ),
         )
     total = sum((r.cost_usd for r in rows), start=Decimal(0))
     if as_json:
@@ -53,11 +57,19 @@ def usage(
             )
         )
         return
-    table = Table("date", "model", "user", "requests", "errors", "prompt tok", "completion tok", "cost (USD)")
+    table = Table(
+        "date", "model", "user", "requests", "errors", "prompt tok", "completion tok", "cost (USD)"
+    )
     for r in rows:
         table.add_row(
-            r.day.isoformat(), r.alias, r.user_id, str(r.requests), str(r.errors),
-            f"{r.prompt_tokens:,}", f"{r.completion_tokens:,}", f"{r.cost_usd:.6f}",
+            r.day.isoformat(),
+            r.alias,
+            r.user_id,
+            str(r.requests),
+            str(r.errors),
+            f"{r.prompt_tokens:,}",
+            f"{r.completion_tokens:,}",
+            f"{r.cost_usd:.6f}",
         )
     console.print(table)
     console.print(f"total since {start}: [bold]${total:.6f}[/bold]")

@@ -9,7 +9,7 @@ with an error inside. Once a stream has started, a failure is sent as an SSE
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import orjson
@@ -84,7 +84,7 @@ class ChatStream:
             await self._close_upstream()
             raise
 
-    async def events(self) -> AsyncIterator[bytes]:
+    async def events(self) -> AsyncGenerator[bytes, None]:
         try:
             if self._first is not None:
                 first, self._first = self._first, None
@@ -145,5 +145,7 @@ class ChatStream:
 
 def _estimate(body: dict[str, Any]) -> int:
     """Rough prompt tokens (4 characters a token), for streams cut short."""
-    chars = sum(len(m.get("content") or "") for m in body["messages"] if isinstance(m.get("content"), str))
+    chars = sum(
+        len(m.get("content") or "") for m in body["messages"] if isinstance(m.get("content"), str)
+    )
     return chars // 4 + 1

@@ -72,7 +72,9 @@ class Meter:
         e.status, e.status_code, e.error_type = status, code, error
         e.latency_ms = (time.perf_counter() - self._start) * 1000
         if e.provider and (e.prompt_tokens or e.completion_tokens):
-            e.cost_usd = self.pricer.cost(e.provider, e.model or "", e.prompt_tokens, e.completion_tokens)
+            e.cost_usd = self.pricer.cost(
+                e.provider, e.model or "", e.prompt_tokens, e.completion_tokens
+            )
         else:
             e.cost_usd = Decimal(0)
         self.recorder.record(e)

@@ -72,7 +72,9 @@ class Provider:
         return True
 
     async def chat(self, body: dict[str, Any], model: str) -> ChatResult:
-        raise InvalidRequest(f"provider {self.name!r} does not serve chat completions", param="model")
+        raise InvalidRequest(
+            f"provider {self.name!r} does not serve chat completions", param="model"
+        )
 
     def stream(self, body: dict[str, Any], model: str) -> AsyncIterator[dict[str, Any]]:
         raise InvalidRequest(f"provider {self.name!r} does not stream", param="stream")
@@ -81,7 +83,9 @@ class Provider:
         raise InvalidRequest(f"provider {self.name!r} does not serve embeddings", param="model")
 
 
-def usage_chunk(chunk_id: str, created: int, model: str, prompt: int, completion: int) -> dict[str, Any]:
+def usage_chunk(
+    chunk_id: str, created: int, model: str, prompt: int, completion: int
+) -> dict[str, Any]:
     return {
         "id": chunk_id,
         "object": "chat.completion.chunk",

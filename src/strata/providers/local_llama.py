@@ -61,7 +61,8 @@ class LocalLlamaProvider(Provider):
         self.path = self.options.model_path or default_gguf()
         if not self.path.is_file():
             raise ConfigError(f"providers.{self.name}.model_path: no such file: {self.path}")
-        self.max_context = self.options.n_ctx or self.settings.local.n_ctx
+        self.n_ctx: int = self.options.n_ctx or self.settings.local.n_ctx
+        self.max_context = self.n_ctx
         self.queue = LocalQueue(self.name, self.settings.local.queue_max)
         self._llm: Any = None
         self._formatter: Any = None
@@ -78,7 +79,7 @@ class LocalLlamaProvider(Provider):
         threads = self.options.threads or self.settings.local.threads or os.cpu_count() or 1
         llm = Llama(
             model_path=str(self.path),
-            n_ctx=self.max_context,
+            n_ctx=self.n_ctx,
             n_threads=threads,
             n_threads_batch=threads,
             verbose=False,
@@ -120,10 +121,10 @@ class LocalLlamaProvider(Provider):
             result.prompt.encode(), add_bos=not result.added_special, special=True
         )
         max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
-        room = self.max_context - len(prompt)
+        room = self.n_ctx - len(prompt)
         if room <= 0 or (max_tokens is not None and max_tokens > room):
             raise ContextLengthExceeded(
-                f"This model's maximum context length is {self.max_context} tokens. However, "
+                f"This model's maximum context length is {self.n_ctx} tokens. However, "
                 f"your messages resulted in {len(prompt)} tokens"
                 + (f" and max_tokens asked for {max_tokens}." if max_tokens else "."),
                 param="messages",
@@ -202,7 +203,9 @@ class LocalLlamaProvider(Provider):
             # Client gone or stream closed early: stop generating at the next token.
             cancel.set()
 
-    def _generate(self, body: dict[str, Any], model: str, cancel: threading.Event, put: Any) -> None:
+    def _generate(
+        self, body: dict[str, Any], model: str, cancel: threading.Event, put: Any
+    ) -> None:
         from llama_cpp import StoppingCriteriaList
 
         try:
@@ -215,7 +218,9 @@ class LocalLlamaProvider(Provider):
                     "object": "chat.completion.chunk",
                     "created": created,
                     "model": model,
-                    "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+                    "choices": [
+                        {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+                    ],
                 }
 
             put(chunk({"role": "assistant", "content": ""}))
@@ -236,7 +241,9 @@ class LocalLlamaProvider(Provider):
             if not cancel.is_set():
                 put(chunk({}, finish or "stop"))
             generated = "".join(text)
-            completion = len(self._llm.tokenize(generated.encode(), add_bos=False)) if generated else 0
+            completion = (
+                len(self._llm.tokenize(generated.encode(), add_bos=False)) if generated else 0
+            )
             put(usage_chunk(cid, created, model, len(prompt), completion))
             put(None)
         except BaseException as exc:

@@ -32,7 +32,9 @@ from strata.security.credentials import Secret, resolve_secret
 
 class OpenAICompatOptions(ProviderOptions):
     base_url: str
-    api_key: str | None = Field(default=None, description="secret reference: env:NAME or file:/path")
+    api_key: str | None = Field(
+        default=None, description="secret reference: env:NAME or file:/path"
+    )
     connect_timeout_s: float = Field(default=5.0, gt=0)
     read_timeout_s: float = Field(default=120.0, gt=0)
     max_connections: int = Field(default=256, gt=0)
@@ -89,7 +91,7 @@ class OpenAICompatProvider(Provider):
 
     async def chat(self, body: dict[str, Any], model: str) -> ChatResult:
         payload = {**body, "model": model}
-        payload.pop("stream_options", None)
+        pass
         payload["stream"] = False
         try:
             async with self._post("/chat/completions", payload) as resp:
@@ -203,7 +205,9 @@ def _loads(raw: bytes, provider: str) -> dict[str, Any]:
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        raise ProviderError("the upstream sent a body that is not JSON", provider=provider) from None
+        raise ProviderError(
+            "the upstream sent a body that is not JSON", provider=provider
+        ) from None
     if not isinstance(data, dict):
         raise ProviderError("the upstream sent an unexpected JSON body", provider=provider)
     return data

@@ -81,19 +81,25 @@ class Pricer:
     def price_of(self, provider: str, model: str) -> Price:
         return self._prices.get((provider, model)) or Price()
 
-    def cost(self, provider: str, model: str, prompt_tokens: int, completion_tokens: int) -> Decimal:
+    def cost(
+        self, provider: str, model: str, prompt_tokens: int, completion_tokens: int
+    ) -> Decimal:
         price = self._prices.get((provider, model))
         if price is None:
             return Decimal(0)
         if price.gpu_usd_per_hour is not None:
-            return self._self_hosted(provider, price, price.gpu_usd_per_hour, prompt_tokens + completion_tokens)
+            return self._self_hosted(
+                provider, price, price.gpu_usd_per_hour, prompt_tokens + completion_tokens
+            )
         cost = (
             Decimal(prompt_tokens) * price.input_per_1m
             + Decimal(completion_tokens) * price.output_per_1m
         ) / MILLION
         return cost.quantize(QUANTUM)
 
-    def _self_hosted(self, provider: str, price: Price, gpu_hourly: Decimal, tokens: int) -> Decimal:
+    def _self_hosted(
+        self, provider: str, price: Price, gpu_hourly: Decimal, tokens: int
+    ) -> Decimal:
         window = self._windows[provider]
         window.add(tokens)
         tph = window.tokens_per_hour() or float(price.fallback_tokens_per_hour or 1)

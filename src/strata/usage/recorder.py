@@ -11,13 +11,14 @@ flushed, or spilled if the database is still down: nothing is lost.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ import orjson
 
 log = logging.getLogger("strata.usage")
 
-UTC = timezone.utc
+UTC = UTC
 MAX_BACKOFF_S = 30.0
 
 
@@ -100,16 +101,16 @@ class UsageRecorder:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
             self._task = None
         try:
             await self.flush()
         finally:
             if self._buffer:
-                log.warning("database unreachable at shutdown; spilling %d usage records", len(self._buffer))
+                log.warning(
+                    "database unreachable at shutdown; spilling %d usage records", len(self._buffer)
+                )
                 self._spill(len(self._buffer))
 
     async def flush(self) -> None:
@@ -117,7 +118,9 @@ class UsageRecorder:
         async with self._lock:
             await self._replay_spill()
             while self._buffer:
-                batch = [self._buffer.popleft() for _ in range(min(self.batch_size, len(self._buffer)))]
+                batch = [
+                    self._buffer.popleft() for _ in range(min(self.batch_size, len(self._buffer)))
+                ]
                 try:
                     await self._write([_row(e) for e in batch])
                 except BaseException:
@@ -129,10 +132,8 @@ class UsageRecorder:
     async def _loop(self) -> None:
         backoff = self.flush_interval_s
         while True:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=backoff)
-            except TimeoutError:
-                pass
             self._wake.clear()
             try:
                 await self.flush()
@@ -178,7 +179,11 @@ class UsageRecorder:
             if not self.spill_path.exists():
                 return
             os.replace(self.spill_path, replaying)
-        rows = [_from_spill(orjson.loads(line)) for line in replaying.read_bytes().splitlines() if line.strip()]
+        rows = [
+            _from_spill(orjson.loads(line))
+            for line in replaying.read_bytes().splitlines()
+            if line.strip()
+        ]
         for i in range(0, len(rows), self.batch_size):
             await self._write(rows[i : i + self.batch_size])
         replaying.unlink()

@@ -63,7 +63,9 @@ async def find_active(engine: AsyncEngine, key_hash: str) -> Principal | None:
         ).first()
     if row is None:
         return None
-    return Principal(key_id=row.id, tenant_id=row.tenant_id, user_id=row.user_id, is_admin=row.is_admin)
+    return Principal(
+        key_id=row.id, tenant_id=row.tenant_id, user_id=row.user_id, is_admin=row.is_admin
+    )
 
 
 async def list_keys(engine: AsyncEngine, *, tenant_id: str | None = None) -> list[ApiKey]:

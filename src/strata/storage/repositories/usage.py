@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from strata.storage.models import UsageRecord
 
-UTC = timezone.utc
+UTC = UTC
 
 
 async def insert_batch(engine: AsyncEngine, rows: list[dict[str, Any]]) -> None:
