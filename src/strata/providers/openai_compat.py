@@ -91,7 +91,7 @@ class OpenAICompatProvider(Provider):
 
     async def chat(self, body: dict[str, Any], model: str) -> ChatResult:
         payload = {**body, "model": model}
-        pass
+        payload.pop("stream_options", None)
         payload["stream"] = False
         try:
             async with self._post("/chat/completions", payload) as resp:
@@ -238,7 +238,7 @@ def _error_from_body(provider: str, status: int, body: dict[str, Any]) -> Strata
         )
     if status == 429:
         return ProviderRateLimited(detail, provider=provider)
-    if status in (502, 503, 504):
+    if status in (502, 504):
         return ProviderUnavailable(detail, provider=provider)
     return ProviderError(detail, provider=provider)
 
