@@ -165,7 +165,12 @@ def _create_key(database_url: str, **kwargs: Any) -> key_repo.NewKey:
         finally:
             await engine.dispose()
 
-    return asyncio.run(run())
+    # A thread of its own, so sync and async tests can both call it.
+    out: list[key_repo.NewKey] = []
+    t = threading.Thread(target=lambda: out.append(asyncio.run(run())))
+    t.start()
+    t.join(60)
+    return out[0]
 
 
 @pytest.fixture(scope="session")
