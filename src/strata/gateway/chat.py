@@ -16,6 +16,7 @@ import orjson
 
 from strata.errors import InvalidRequest, StrataError
 from strata.gateway.meter import Meter
+from strata.providers.base import estimate_prompt_tokens
 from strata.routing.router import Router
 
 log = logging.getLogger("strata.chat")
@@ -44,7 +45,10 @@ class ChatService:
             raise InvalidRequest(f"model '{target.alias}' cannot stream", param="stream")
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         stream = ChatStream(
-            target.provider.stream(body, target.model), meter, include_usage, _estimate(body)
+            target.provider.stream(body, target.model),
+            meter,
+            include_usage,
+            estimate_prompt_tokens(body),
         )
         await stream.prime()
         return stream
@@ -141,11 +145,3 @@ class ChatStream:
         aclose = getattr(self._chunks, "aclose", None)
         if aclose is not None:
             await aclose()
-
-
-def _estimate(body: dict[str, Any]) -> int:
-    """Rough prompt tokens (4 characters a token), for streams cut short."""
-    chars = sum(
-        len(m.get("content") or "") for m in body["messages"] if isinstance(m.get("content"), str)
-    )
-    return chars // 4 + 1

@@ -26,7 +26,14 @@ from strata.errors import (
     ProviderUnavailable,
     StrataError,
 )
-from strata.providers.base import ChatResult, EmbedResult, Provider, ProviderOptions, usage_chunk
+from strata.providers.base import (
+    ChatResult,
+    EmbedResult,
+    Provider,
+    ProviderOptions,
+    estimate_prompt_tokens,
+    usage_chunk,
+)
 from strata.security.credentials import Secret, resolve_secret
 
 
@@ -143,7 +150,7 @@ class OpenAICompatProvider(Provider):
                     str(last.get("id") or "chatcmpl-strata"),
                     int(last.get("created") or time.time()),
                     str(last.get("model") or model),
-                    _estimate_prompt(body),
+                    estimate_prompt_tokens(body),
                     content_chunks,
                 )
         except (StrataError, asyncio.CancelledError, GeneratorExit):
@@ -222,12 +229,16 @@ def _error_from_body(provider: str, status: int, body: dict[str, Any]) -> Strata
         message, code, param = str(err or "")[:500], None, None
     detail = f"HTTP {status}" + (f": {message}" if message else "")
     if status == 400 or status == 422:
-        if code == "context_length_exceeded" or "context" in message.lower():
+        lowered = message.lower()
+        if code == "context_length_exceeded" or any(
+            phrase in lowered for phrase in ("context length", "context window", "maximum context")
+        ):
             return ContextLengthExceeded(f"provider {provider!r}: {message}", param="messages")
         return InvalidRequest(f"provider {provider!r} rejected the request: {detail}", param=param)
     if status in (401, 403):
         return ProviderAuthError(
-            f"the upstream rejected Strata's credentials ({detail}); check providers.{provider}.api_key",
+            f"the upstream rejected Strata's credentials ({detail}); "
+            f"check providers.{provider}.api_key",
             provider=provider,
         )
     if status == 404:
@@ -244,22 +255,9 @@ def _error_from_body(provider: str, status: int, body: dict[str, Any]) -> Strata
 
 
 def _is_vector(value: Any) -> bool:
-    return (
-        isinstance(value, list)
-        and bool(value)
-        and all(isinstance(x, int | float) and not isinstance(x, bool) for x in value)
-    )
-
-
-def _estimate_prompt(body: dict[str, Any]) -> int:
-    """Rough prompt tokens (4 characters a token), when the upstream reports none."""
-    messages = body.get("messages") or []
-    chars = sum(
-        len(m.get("content") or "")
-        for m in messages
-        if isinstance(m, dict) and isinstance(m.get("content"), str)
-    )
-    return chars // 4 + 1
+    # The first element tells a flat vector from per-token vectors or base64; checking
+    # every number would cost more than the request.
+    return isinstance(value, list) and bool(value) and isinstance(value[0], int | float)
 
 
 def _retry_after(value: str | None) -> float | None:
