@@ -18,8 +18,9 @@ from strata.storage import migrate
 from strata.storage.embedded import EmbeddedServices
 from strata.storage.engine import make_engine
 
-console = Console()
-err_console = Console(stderr=True)
+# soft_wrap: never break a printed key or command across lines.
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 T = TypeVar("T")
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="strata.yaml (default: $STRATA_CONFIG)")
