@@ -1,0 +1,98 @@
+"""``python -m bench`` (``make bench``): Strata's overhead over a static upstream.
+
+    make bench                          # full: 3 interleaved repeats of 15s runs
+    .venv/bin/python -m bench --quick   # smoke test: one repeat of 5s runs
+    BENCH_DURATION=30 make bench        # or --duration 30; see --help for the rest
+
+Prints a table with PASS/FAIL per target and writes bench/results/gateway-<time>.json.
+Exit status: 0 done (targets may FAIL; --strict makes that 3), 1 bad responses or a
+component that would not start, 2 bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from bench.measure import MODES, BadResponses, Plan
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def _env(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    return float(value) if value else default
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="What Strata adds on top of an upstream: wrk against a static nginx stub, "
+        "directly and through `strata serve` (auth and usage accounting on).",
+    )
+    p.add_argument("--quick", action="store_true", help="smoke test: 5s runs, one repeat")
+    p.add_argument("--duration", type=float, help="seconds per wrk run (env BENCH_DURATION, 15)")
+    p.add_argument(
+        "--latency-duration",
+        type=float,
+        help="seconds per 1-connection run (env BENCH_LATENCY_DURATION, 5)",
+    )
+    p.add_argument("--repeats", type=int, help="interleaved repeats (env BENCH_REPEATS, 3)")
+    p.add_argument("--connections", type=int, help="wrk connections (env BENCH_CONNECTIONS, 32)")
+    p.add_argument("--threads", type=int, help="wrk threads (env BENCH_THREADS, 1)")
+    p.add_argument("--warmup", type=float, help="seconds of warm-up per mode (env BENCH_WARMUP, 3)")
+    p.add_argument("--mode", choices=["all", *MODES], default="all")
+    p.add_argument("--keep", action="store_true", help="keep the temporary work directory")
+    p.add_argument("--strict", action="store_true", help="exit 3 when a target fails")
+    p.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    return p.parse_args(argv)
+
+
+def make_plan(args: argparse.Namespace) -> Plan:
+    quick = args.quick or os.environ.get("BENCH_QUICK") == "1"
+
+    def pick(arg: float | None, env: str, full: float, smoke: float) -> float:
+        if arg is not None:
+            return arg
+        return _env(env, smoke if quick else full)
+
+    return Plan(
+        duration_s=pick(args.duration, "BENCH_DURATION", 15, 5),
+        latency_duration_s=pick(args.latency_duration, "BENCH_LATENCY_DURATION", 5, 2),
+        warmup_s=pick(args.warmup, "BENCH_WARMUP", 3, 1),
+        repeats=int(pick(args.repeats, "BENCH_REPEATS", 3, 1)),
+        connections=int(pick(args.connections, "BENCH_CONNECTIONS", 32, 32)),
+        threads=int(pick(args.threads, "BENCH_THREADS", 1, 1)),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    plan = make_plan(args)
+    if plan.repeats < 1 or plan.connections < 1 or plan.duration_s < 1:
+        print("repeats, connections and duration must be at least 1", file=sys.stderr)
+        return 2
+    modes = list(MODES) if args.mode == "all" else [args.mode]
+    from bench import report
+    from bench.run import run
+
+    try:
+        results = run(plan, modes, keep=args.keep)
+    except (BadResponses, RuntimeError) as exc:
+        print(f"\nBENCHMARK FAILED: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    print()
+    print(report.table(results))
+    path = report.write_json(results, args.results_dir)
+    print(f"\nresults: {path}")
+    failed = [t for t in results["targets"] if not t["pass"]]
+    return 3 if failed and args.strict else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
