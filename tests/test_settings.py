@@ -219,11 +219,6 @@ def test_invalid_config_names_the_path(tmp_path: Path, data: Any, where: str) ->
     assert re.search(rf"(^|\s){re.escape(where)}:", msg, re.MULTILINE), msg
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: AuthSettings, UsageSettings and LocalSettings do not forbid extra keys, "
-    "so a misspelt option in those sections is silently ignored",
-)
 @pytest.mark.parametrize(
     ("data", "where"),
     [

@@ -106,6 +106,8 @@ def _default_models() -> dict[str, Alias]:
 
 
 class AuthSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     # How long a verified key is trusted without asking PostgreSQL again; also the
     # upper bound on how long a revoked key keeps working when Redis is down.
     key_cache_ttl_s: float = 5.0
@@ -115,6 +117,8 @@ class AuthSettings(BaseModel):
 
 
 class UsageSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     flush_interval_s: float = 1.0
     batch_size: int = Field(default=500, gt=0)
     # Records held in memory before spilling to the local file (none are dropped).
@@ -125,6 +129,8 @@ class UsageSettings(BaseModel):
 
 
 class LocalSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     # Waiting requests per local model beyond the one running; more get 429.
     queue_max: int = Field(default=16, ge=0)
     threads: int | None = None

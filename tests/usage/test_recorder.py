@@ -275,11 +275,6 @@ async def test_database_down_keeps_everything_and_recovery_writes_it_once(
     assert rec.written == 13
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: UsageRecorder._replay_spill returns after finishing a leftover "
-    ".replaying file without replaying the new spill file, so flush() leaves rows on disk",
-)
 async def test_records_spilled_after_a_failed_replay_are_written_on_recovery(
     engine: AsyncEngine, dead_engine: AsyncEngine, tenant: str, spill_path: Path
 ) -> None:
@@ -357,12 +352,6 @@ async def test_loop_retries_until_the_database_is_back(
     exactly_once(await counts(engine, prefix), prefix, 4)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: UsageRecorder.record() sets _wake whenever the buffer holds batch_size "
-    "records, and the wake-up bypasses the loop's back-off, so during an outage every "
-    "request triggers a write attempt (and a re-read of the whole spill file)",
-)
 async def test_outage_retries_back_off_under_traffic(
     dead_engine: AsyncEngine, tenant: str, spill_path: Path
 ) -> None:
@@ -425,11 +414,6 @@ async def test_stop_with_database_down_spills_everything(
         )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: UsageRecorder.stop() re-raises the flush error after spilling, so "
-    "Runtime.stop() never closes providers, Redis or the engine when PostgreSQL is down",
-)
 async def test_stop_with_database_down_does_not_raise(
     dead_engine: AsyncEngine, tenant: str, spill_path: Path
 ) -> None:
@@ -468,11 +452,6 @@ async def test_replay_is_idempotent(
     exactly_once(await counts(engine, prefix), prefix, 5)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: UsageRecorder._replay_spill parses every line before writing; one "
-    "truncated line (a crash mid-spill) makes every flush raise, so nothing is written again",
-)
 async def test_a_truncated_spill_line_does_not_block_usage_writes(
     engine: AsyncEngine, dead_engine: AsyncEngine, tenant: str, spill_path: Path
 ) -> None:
