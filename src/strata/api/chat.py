@@ -7,7 +7,7 @@ import asyncio
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from strata.api.deps import PrincipalDep, RuntimeDep, read_json, request_id
+from strata.api.deps import authenticate, read_json, request_id, runtime
 from strata.api.sse import SSEResponse
 from strata.gateway.schemas import ChatRequest, validate
 from strata.util import json_response
@@ -15,8 +15,9 @@ from strata.util import json_response
 router = APIRouter()
 
 
-@router.post("/v1/chat/completions")
-async def chat_completions(request: Request, rt: RuntimeDep, principal: PrincipalDep) -> Response:
+async def chat_completions(request: Request) -> Response:
+    rt = runtime(request)
+    principal = await authenticate(request)
     meter = rt.meter(principal, request_id(), "chat")
     try:
         body = await read_json(request)
@@ -34,3 +35,6 @@ async def chat_completions(request: Request, rt: RuntimeDep, principal: Principa
         raise
     meter.ok()
     return json_response(out)
+
+
+router.add_route("/v1/chat/completions", chat_completions, methods=["POST"])

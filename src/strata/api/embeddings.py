@@ -7,15 +7,16 @@ import asyncio
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from strata.api.deps import PrincipalDep, RuntimeDep, read_json, request_id
+from strata.api.deps import authenticate, read_json, request_id, runtime
 from strata.gateway.schemas import EmbeddingRequest, validate
 from strata.util import json_response
 
 router = APIRouter()
 
 
-@router.post("/v1/embeddings")
-async def embeddings(request: Request, rt: RuntimeDep, principal: PrincipalDep) -> Response:
+async def embeddings(request: Request) -> Response:
+    rt = runtime(request)
+    principal = await authenticate(request)
     meter = rt.meter(principal, request_id(), "embeddings")
     try:
         body = await read_json(request)
@@ -29,3 +30,6 @@ async def embeddings(request: Request, rt: RuntimeDep, principal: PrincipalDep) 
         raise
     meter.ok()
     return json_response(out)
+
+
+router.add_route("/v1/embeddings", embeddings, methods=["POST"])

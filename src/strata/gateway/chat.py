@@ -45,7 +45,7 @@ class ChatService:
             raise InvalidRequest(f"model '{target.alias}' cannot stream", param="stream")
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         stream = ChatStream(
-            target.provider.stream(body, target.model),
+            target.provider.stream_batches(body, target.model),
             meter,
             include_usage,
             estimate_prompt_tokens(body),
@@ -66,22 +66,22 @@ class ChatStream:
 
     def __init__(
         self,
-        chunks: AsyncIterator[dict[str, Any]],
+        batches: AsyncIterator[list[dict[str, Any]]],
         meter: Meter,
         include_usage: bool,
         prompt_estimate: int = 0,
     ) -> None:
         self.prompt_estimate = prompt_estimate
-        self._chunks = chunks
+        self._batches = batches
         self.meter = meter
         self.include_usage = include_usage
-        self._first: dict[str, Any] | None = None
+        self._first: list[dict[str, Any]] | None = None
         self._content_chunks = 0
         self._usage_seen = False
 
     async def prime(self) -> None:
         try:
-            self._first = await anext(self._chunks)
+            self._first = await anext(self._batches)
         except StopAsyncIteration:
             self._first = None
         except BaseException:
@@ -92,12 +92,12 @@ class ChatStream:
         try:
             if self._first is not None:
                 first, self._first = self._first, None
-                out = self._handle(first)
-                if out is not None:
+                out = self._encode(first)
+                if out:
                     yield out
-                async for chunk in self._chunks:
-                    out = self._handle(chunk)
-                    if out is not None:
+                async for batch in self._batches:
+                    out = self._encode(batch)
+                    if out:
                         yield out
             yield DONE
             self.meter.ok()
@@ -112,6 +112,10 @@ class ChatStream:
             yield DONE
         finally:
             await self.close()
+
+    def _encode(self, batch: list[dict[str, Any]]) -> bytes:
+        # One write per batch of chunks that arrived together.
+        return b"".join(filter(None, map(self._handle, batch)))
 
     def _handle(self, chunk: dict[str, Any]) -> bytes | None:
         usage = chunk.get("usage")
@@ -142,6 +146,6 @@ class ChatStream:
         self.meter.cancelled()
 
     async def _close_upstream(self) -> None:
-        aclose = getattr(self._chunks, "aclose", None)
+        aclose = getattr(self._batches, "aclose", None)
         if aclose is not None:
             await aclose()

@@ -5,8 +5,6 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-import numpy as np
-
 from strata.errors import InvalidRequest
 from strata.gateway.meter import Meter
 from strata.routing.router import Router
@@ -54,4 +52,6 @@ class EmbeddingService:
 
 def _b64(vector: list[float]) -> str:
     # OpenAI's base64 format: little-endian float32, as its SDK decodes it.
+    import numpy as np  # here, not at import: a chat-only server need not load it
+
     return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode()

@@ -8,6 +8,8 @@ attributes, never try/except probes. Built-in providers register through the
 ``chat.completion.chunk`` dicts and always ends with one usage chunk (empty
 ``choices``, a ``usage`` object), whether or not the client asked for it: the
 gateway needs it for accounting and drops it when the client did not ask.
+The gateway consumes ``stream_batches``, which groups chunks that arrive
+together (by default, one chunk per group).
 """
 
 from __future__ import annotations
@@ -78,6 +80,14 @@ class Provider:
 
     def stream(self, body: dict[str, Any], model: str) -> AsyncIterator[dict[str, Any]]:
         raise InvalidRequest(f"provider {self.name!r} does not stream", param="stream")
+
+    async def stream_batches(
+        self, body: dict[str, Any], model: str
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """``stream`` grouped into what is available at once; the gateway writes each
+        group to the client in one go. Override when chunks arrive in bursts."""
+        async for chunk in self.stream(body, model):
+            yield [chunk]
 
     async def embed(self, inputs: list[str], model: str) -> EmbedResult:
         raise InvalidRequest(f"provider {self.name!r} does not serve embeddings", param="model")

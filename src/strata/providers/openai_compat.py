@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -116,47 +117,79 @@ class OpenAICompatProvider(Provider):
         )
 
     async def stream(self, body: dict[str, Any], model: str) -> AsyncIterator[dict[str, Any]]:
+        async for batch in self.stream_batches(body, model):
+            for chunk in batch:
+                yield chunk
+
+    async def stream_batches(
+        self, body: dict[str, Any], model: str
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """Chunks grouped by network read: one client write per read, not per chunk."""
         payload = {**body, "model": model, "stream": True}
         # Always ask for usage: accounting needs it; the gateway hides it if unasked.
         payload["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        state = _StreamState()
         try:
             async with self._post("/chat/completions", payload) as resp:
                 if resp.status >= 400:
                     raise self._upstream_error(resp, await resp.read())
-                usage_seen, content_chunks, last = False, 0, {}
-                async for line in resp.content:
-                    if not line.startswith(b"data:"):
-                        continue
-                    data = line[5:].strip()
-                    if data == b"[DONE]":
+                tail = b""
+                async for data in resp.content.iter_any():
+                    lines = (tail + data).split(b"\n")
+                    tail = lines.pop()
+                    batch = self._parse_lines(lines, state)
+                    if batch:
+                        yield batch
+                    if state.done:
                         break
-                    chunk = _loads(data, self.name)
-                    if "error" in chunk:
-                        raise self._scrub(_error_from_body(self.name, 502, chunk))
-                    if chunk.get("usage"):
-                        usage_seen = True
-                    elif any(
-                        (c.get("delta") or {}).get("content")
-                        or (c.get("delta") or {}).get("tool_calls")
-                        for c in chunk.get("choices") or ()
-                    ):
-                        content_chunks += 1
-                    last = chunk
-                    yield chunk
-            if not usage_seen:
+                if tail and not state.done:
+                    batch = self._parse_lines([tail], state)
+                    if batch:
+                        yield batch
+                if state.error is not None:
+                    raise state.error
+            if not state.usage_seen:
                 # Some upstreams (llama-cpp-python's server) ignore stream_options: keep
                 # the contract with an estimate (one chunk is about one token).
-                yield usage_chunk(
-                    str(last.get("id") or "chatcmpl-strata"),
-                    int(last.get("created") or time.time()),
-                    str(last.get("model") or model),
-                    estimate_prompt_tokens(body),
-                    content_chunks,
-                )
+                yield [
+                    usage_chunk(
+                        str(state.last.get("id") or "chatcmpl-strata"),
+                        int(state.last.get("created") or time.time()),
+                        str(state.last.get("model") or model),
+                        estimate_prompt_tokens(body),
+                        state.content_chunks,
+                    )
+                ]
         except (StrataError, asyncio.CancelledError, GeneratorExit):
             raise
         except Exception as exc:
             raise self._transport_error(exc) from None
+
+    def _parse_lines(self, lines: list[bytes], state: _StreamState) -> list[dict[str, Any]]:
+        batch = []
+        for line in lines:
+            if state.done or not line.startswith(b"data:"):
+                continue
+            data = line[5:].strip()
+            if data == b"[DONE]":
+                state.done = True
+                break
+            chunk = _loads(data, self.name)
+            if "error" in chunk:
+                # Raised after the chunks before it have been delivered.
+                state.error = self._scrub(_error_from_body(self.name, 502, chunk))
+                state.done = True
+                break
+            if chunk.get("usage"):
+                state.usage_seen = True
+            elif any(
+                (c.get("delta") or {}).get("content") or (c.get("delta") or {}).get("tool_calls")
+                for c in chunk.get("choices") or ()
+            ):
+                state.content_chunks += 1
+            state.last = chunk
+            batch.append(chunk)
+        return batch
 
     async def embed(self, inputs: list[str], model: str) -> EmbedResult:
         try:
@@ -206,6 +239,15 @@ class OpenAICompatProvider(Provider):
         return ProviderError(
             f"upstream connection failed ({type(exc).__name__})", provider=self.name
         )
+
+
+@dataclass(slots=True)
+class _StreamState:
+    usage_seen: bool = False
+    done: bool = False
+    content_chunks: int = 0
+    last: dict[str, Any] = field(default_factory=dict)
+    error: StrataError | None = None
 
 
 def _loads(raw: bytes, provider: str) -> dict[str, Any]:
