@@ -6,9 +6,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.routing import Route
 
 from strata.api import chat, embeddings, health, models, usage
 from strata.api.errors import install as install_error_handlers
+from strata.api.fast import Endpoint, StrataApp
 from strata.api.middleware import RequestContextMiddleware
 from strata.runtime import Runtime
 from strata.settings import Settings
@@ -23,7 +25,7 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             await app.state.runtime.stop()
 
-    app = FastAPI(
+    app = StrataApp(
         title="Strata",
         version="0.1.0",
         lifespan=lifespan,
@@ -32,7 +34,16 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     install_error_handlers(app)
-    for module in (chat, embeddings, models, usage, health):
+    for module in (models, usage, health):
         app.include_router(module.router)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.fast_routes = {}
+    for path, endpoint in (
+        (chat.PATH, chat.chat_completions),
+        (embeddings.PATH, embeddings.embeddings),
+    ):
+        app.router.routes.append(Route(path, Endpoint(endpoint), methods=["POST"]))
+        app.fast_routes[("POST", path)] = RequestContextMiddleware(
+            endpoint, max_body_bytes=settings.max_body_bytes
+        )
     return app

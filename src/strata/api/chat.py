@@ -1,40 +1,40 @@
-"""POST /v1/chat/completions"""
+"""POST /v1/chat/completions (a fast-lane endpoint; see api/fast.py)."""
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
-from fastapi import APIRouter, Request
-from starlette.responses import Response
-
-from strata.api.deps import authenticate, read_json, request_id, runtime
+from strata.api.fast import header, read_json, send_json
 from strata.api.sse import SSEResponse
 from strata.gateway.schemas import ChatRequest, validate
-from strata.util import json_response
+from strata.observability.logging import request_id_var
+from strata.runtime import Runtime
 
-router = APIRouter()
+PATH = "/v1/chat/completions"
 
 
-async def chat_completions(request: Request) -> Response:
-    rt = runtime(request)
-    principal = await authenticate(request)
-    meter = rt.meter(principal, request_id(), "chat")
+async def chat_completions(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    rt: Runtime = scope["app"].state.runtime
+    principal = await rt.auth.authenticate(header(scope, b"authorization"))
+    meter = rt.meter(principal, request_id_var.get() or "", "chat")
     try:
-        body = await read_json(request)
+        body = await read_json(receive)
         validate(ChatRequest, body)
         if body.get("stream"):
             meter.event.stream = True
-            # From here the stream owns the meter and settles it when it ends.
-            return SSEResponse(await rt.chat.open_stream(body, meter))
-        out = await rt.chat.complete(body, meter)
+            stream = await rt.chat.open_stream(body, meter)
+        else:
+            out = await rt.chat.complete(body, meter)
     except asyncio.CancelledError:
         meter.cancelled()
         raise
     except Exception as exc:
         meter.failed(exc)
         raise
+    if body.get("stream"):
+        # The stream owns the meter and settles it when it ends, however it ends.
+        await SSEResponse(stream)(scope, receive, send)
+        return
     meter.ok()
-    return json_response(out)
-
-
-router.add_route("/v1/chat/completions", chat_completions, methods=["POST"])
+    await send_json(send, out)

@@ -1,25 +1,24 @@
-"""POST /v1/embeddings"""
+"""POST /v1/embeddings (a fast-lane endpoint; see api/fast.py)."""
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
-from fastapi import APIRouter, Request
-from starlette.responses import Response
-
-from strata.api.deps import authenticate, read_json, request_id, runtime
+from strata.api.fast import header, read_json, send_json
 from strata.gateway.schemas import EmbeddingRequest, validate
-from strata.util import json_response
+from strata.observability.logging import request_id_var
+from strata.runtime import Runtime
 
-router = APIRouter()
+PATH = "/v1/embeddings"
 
 
-async def embeddings(request: Request) -> Response:
-    rt = runtime(request)
-    principal = await authenticate(request)
-    meter = rt.meter(principal, request_id(), "embeddings")
+async def embeddings(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    rt: Runtime = scope["app"].state.runtime
+    principal = await rt.auth.authenticate(header(scope, b"authorization"))
+    meter = rt.meter(principal, request_id_var.get() or "", "embeddings")
     try:
-        body = await read_json(request)
+        body = await read_json(receive)
         validate(EmbeddingRequest, body)
         out = await rt.embeddings.embed(body, meter)
     except asyncio.CancelledError:
@@ -29,7 +28,4 @@ async def embeddings(request: Request) -> Response:
         meter.failed(exc)
         raise
     meter.ok()
-    return json_response(out)
-
-
-router.add_route("/v1/embeddings", embeddings, methods=["POST"])
+    await send_json(send, out)
