@@ -8,7 +8,6 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Date, cast, func, literal_column, select
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from strata.storage.models import UsageRecord
@@ -16,12 +15,29 @@ from strata.storage.models import UsageRecord
 UTC = UTC
 
 
+COLUMNS = tuple(c.name for c in UsageRecord.__table__.columns)
+INSERT_SQL = (
+    f"INSERT INTO usage_records ({', '.join(COLUMNS)}) "
+    f"VALUES ({', '.join(f'${i}' for i in range(1, len(COLUMNS) + 1))}) "
+    "ON CONFLICT (id) DO NOTHING"
+)
+
+
 async def insert_batch(engine: AsyncEngine, rows: list[dict[str, Any]]) -> None:
-    """Idempotent: a row whose id is already stored is skipped (spill replays)."""
+    """Idempotent: a row whose id is already stored is skipped (spill replays).
+
+    Uses asyncpg's executemany directly: the ORM's parameter processing cost
+    several times more CPU per row, on the same event loop as the requests.
+    """
     if not rows:
         return
-    async with engine.begin() as conn:
-        await conn.execute(insert(UsageRecord).on_conflict_do_nothing(index_elements=["id"]), rows)
+    async with engine.connect() as conn:
+        raw = await conn.get_raw_connection()
+        driver = raw.driver_connection
+        if driver is None:  # never for asyncpg; keeps the type checker honest
+            raise RuntimeError("no driver connection")
+        # executemany is atomic: all rows or none.
+        await driver.executemany(INSERT_SQL, [tuple(r[c] for c in COLUMNS) for r in rows])
 
 
 @dataclass(frozen=True)
