@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -15,11 +16,20 @@ from strata.api.middleware import RequestContextMiddleware
 from strata.runtime import Runtime
 from strata.settings import Settings
 
+GC_GEN0_THRESHOLD = 20_000
+
 
 def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.runtime = await Runtime.start(settings)
+        # Start-up objects (imports, config, clients) live for the whole process:
+        # freezing them keeps every later collection from re-scanning them, and a
+        # larger young generation makes collections rarer under load. Measured:
+        # fewer and shorter event-loop stalls in bench/.
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
         try:
             yield
         finally:

@@ -59,14 +59,23 @@ class CuttableProxy:
             self._server = None
         for w in list(self._writers):
             w.close()
+        await asyncio.sleep(0.05)  # let the transports finish closing
         self._writers.clear()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.unix:
-            up_reader, up_writer = await asyncio.open_unix_connection(self.unix)
-        else:
-            up_reader, up_writer = await asyncio.open_connection(*self.target)
-        self._writers |= {writer, up_writer}
+        self._writers.add(writer)
+        if self._server is None:  # accepted just as the proxy went down
+            writer.close()
+            return
+        try:
+            if self.unix:
+                up_reader, up_writer = await asyncio.open_unix_connection(self.unix)
+            else:
+                up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.close()
+            return
+        self._writers.add(up_writer)
 
         async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
             with contextlib.suppress(Exception):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -26,19 +25,33 @@ class SSEResponse(Response):
         self.background = None
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        # The stream is pumped in this task; a watcher task cancels it if the
+        # client disconnects (uvicorn's send() to a gone client does nothing,
+        # so without it an idle upstream would keep generating).
+        current = asyncio.current_task()
+        state = {"finished": False, "disconnected": False}
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            if not state["finished"] and current is not None:
+                state["disconnected"] = True
+                current.cancel()
+
+        watcher = asyncio.create_task(watch())
         try:
             await send({"type": "http.response.start", "status": 200, "headers": list(HEADERS)})
-            pump = asyncio.create_task(self._pump(send))
-            watch = asyncio.create_task(_wait_disconnect(receive))
-            try:
-                await asyncio.wait((pump, watch), return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for task in (pump, watch):
-                    task.cancel()
-                    # OSError: the client is gone (ASGI 2.4 send raises it).
-                    with contextlib.suppress(asyncio.CancelledError, OSError):
-                        await task
+            await self._pump(send)
+            state["finished"] = True
+        except asyncio.CancelledError:
+            if not state["disconnected"] or current is None:
+                raise
+            current.uncancel()
+        except OSError:
+            pass  # the client is gone (ASGI 2.4 servers raise it from send)
         finally:
+            state["finished"] = True
+            watcher.cancel()
             # Settles the meter as cancelled if the stream did not finish.
             await self.stream.close()
 
@@ -50,10 +63,3 @@ class SSEResponse(Response):
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             await events.aclose()
-
-
-async def _wait_disconnect(receive: Any) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return
