@@ -13,12 +13,11 @@ import os
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import openai
 import pytest
-import redis
 import uvicorn
 
 from strata.app import create_app
@@ -192,18 +191,27 @@ def api_key(new_key: Callable[..., key_repo.NewKey]) -> key_repo.NewKey:
 
 
 @pytest.fixture
-def client(server: ServerThread, api_key: key_repo.NewKey) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.base_url + "/v1", api_key=api_key.key, max_retries=0)
+def sdk() -> Iterator[Callable[[ServerThread, str], openai.OpenAI]]:
+    """openai.OpenAI clients for a server and key, closed after the test."""
+    made: list[openai.OpenAI] = []
+
+    def make(server: ServerThread, key: str) -> openai.OpenAI:
+        c = openai.OpenAI(base_url=server.base_url + "/v1", api_key=key, max_retries=0)
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        c.close()
 
 
 @pytest.fixture
-def aclient(server: ServerThread, api_key: key_repo.NewKey) -> AsyncIterator[openai.AsyncOpenAI]:
-    return openai.AsyncOpenAI(base_url=server.base_url + "/v1", api_key=api_key.key, max_retries=0)
-
-
-@pytest.fixture(scope="session")
-def sync_redis(redis_url: str) -> redis.Redis:
-    return redis.Redis.from_url(redis_url)
+def client(
+    server: ServerThread,
+    api_key: key_repo.NewKey,
+    sdk: Callable[[ServerThread, str], openai.OpenAI],
+) -> openai.OpenAI:
+    return sdk(server, api_key.key)
 
 
 async def usage_rows(

@@ -47,10 +47,10 @@ def test_wrong_key_is_401_and_not_echoed(server: ServerThread) -> None:
     assert bogus not in r.text
 
 
-def test_openai_sdk_sees_authentication_error(server: ServerThread) -> None:
-    c = openai.OpenAI(
-        base_url=server.base_url + "/v1", api_key="sk-strata-" + "y" * 43, max_retries=0
-    )
+def test_openai_sdk_sees_authentication_error(
+    server: ServerThread, sdk: Callable[..., openai.OpenAI]
+) -> None:
+    c = sdk(server, "sk-strata-" + "y" * 43)
     with pytest.raises(openai.AuthenticationError):
         c.models.list()
 
@@ -152,12 +152,16 @@ def test_request_id_is_echoed_or_generated(server: ServerThread, api_key: key_re
 
 
 def test_revoked_key_stops_working_within_seconds(
-    server: ServerThread, new_key: Callable[..., key_repo.NewKey], database_url: str, redis_url: str
+    server: ServerThread,
+    new_key: Callable[..., key_repo.NewKey],
+    database_url: str,
+    redis_url: str,
+    sdk: Callable[..., openai.OpenAI],
 ) -> None:
     import asyncio
 
     k = new_key(tenant="acme", user="revokee")
-    c = openai.OpenAI(base_url=server.base_url + "/v1", api_key=k.key, max_retries=0)
+    c = sdk(server, k.key)
     c.chat.completions.create(model="fake", messages=MSG)  # cached as valid now
 
     async def revoke() -> None:
@@ -168,7 +172,8 @@ def test_revoked_key_stops_working_within_seconds(
             await engine.dispose()
 
     asyncio.run(revoke())
-    redis.Redis.from_url(redis_url).publish(REVOKED_CHANNEL, hash_key(k.key))
+    with redis.Redis.from_url(redis_url) as r:
+        r.publish(REVOKED_CHANNEL, hash_key(k.key))
     deadline = time.monotonic() + 3
     while True:
         try:

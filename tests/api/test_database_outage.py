@@ -91,6 +91,7 @@ async def test_outage_keeps_serving_and_loses_nothing(
     start_server: Callable[..., ServerThread],
     new_key: Callable[..., NewKey],
     database_url: str,
+    sdk: Callable[..., openai.OpenAI],
 ) -> None:
     proxy = CuttableProxy(database_url)
     proxy.up()
@@ -100,7 +101,7 @@ async def test_outage_keeps_serving_and_loses_nothing(
             usage={"flush_interval_s": 0.1, "buffer_max": 4, "batch_size": 2},
         )
         key = new_key(tenant="outage", user="ops")
-        client = openai.OpenAI(base_url=srv.base_url + "/v1", api_key=key.key, max_retries=0)
+        client = sdk(srv, key.key)
         warm = "warm-" + uuid.uuid4().hex
         await asyncio.to_thread(
             client.chat.completions.create,

@@ -111,7 +111,7 @@ async def test_cancelled_stream_is_recorded_and_stops_upstream(
 
 
 def test_usage_endpoint_scopes_to_the_caller(
-    server: ServerThread, new_key: Callable[..., NewKey]
+    server: ServerThread, new_key: Callable[..., NewKey], sdk: Callable[..., openai.OpenAI]
 ) -> None:
     tenant = "tenant-" + uuid.uuid4().hex[:8]
     bob = new_key(tenant=tenant, user="bob")
@@ -119,13 +119,10 @@ def test_usage_endpoint_scopes_to_the_caller(
     admin = new_key(tenant=tenant, user="root", is_admin=True)
     outsider = new_key(tenant="other-" + uuid.uuid4().hex[:8], user="bob")
 
-    def sdk(k: NewKey) -> openai.OpenAI:
-        return openai.OpenAI(base_url=server.base_url + "/v1", api_key=k.key, max_retries=0)
-
     for _ in range(3):
-        sdk(bob).chat.completions.create(model="fake", messages=MSG)
-    sdk(carol).chat.completions.create(model="fake", messages=MSG)
-    sdk(outsider).chat.completions.create(model="fake", messages=MSG)
+        sdk(server, bob.key).chat.completions.create(model="fake", messages=MSG)
+    sdk(server, carol.key).chat.completions.create(model="fake", messages=MSG)
+    sdk(server, outsider.key).chat.completions.create(model="fake", messages=MSG)
 
     def usage(k: NewKey, **params: str) -> httpx.Response:
         return httpx.get(

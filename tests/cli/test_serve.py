@@ -77,12 +77,12 @@ def test_serve_first_run_key_and_clean_shutdown(tmp_path: Path) -> None:
     try:
         keys = re.findall(r"sk-strata-[A-Za-z0-9_-]{43}", log.read_text())
         assert len(keys) == 1, "the admin key is printed exactly once"
-        client = openai.OpenAI(
+        with openai.OpenAI(
             base_url=f"http://127.0.0.1:{port}/v1", api_key=keys[0], max_retries=0
-        )
-        assert client.chat.completions.create(
-            model="chat", messages=[{"role": "user", "content": "hi"}]
-        )
+        ) as client:
+            assert client.chat.completions.create(
+                model="chat", messages=[{"role": "user", "content": "hi"}]
+            )
     finally:
         stop(proc, tmp_path / "data")
     # The key is stored only as a hash.
@@ -97,10 +97,10 @@ def test_serve_first_run_key_and_clean_shutdown(tmp_path: Path) -> None:
     proc = start(tmp_path, port, log)
     try:
         assert "sk-strata-" not in log.read_text()[size:]
-        client = openai.OpenAI(
+        with openai.OpenAI(
             base_url=f"http://127.0.0.1:{port}/v1", api_key=keys[0], max_retries=0
-        )
-        assert [m.id for m in client.models.list()] == ["chat"]
+        ) as client:
+            assert [m.id for m in client.models.list()] == ["chat"]
     finally:
         stop(proc, tmp_path / "data")
 

@@ -115,9 +115,8 @@ def revoke(key_id: str, config: Path | None = ConfigOpt) -> None:
             raise typer.Exit(1)
         try:
             # Instances evict at once; if Redis is down, their cache TTL bounds the delay.
-            redis.Redis.from_url(live.redis_url or "", socket_timeout=2).publish(
-                REVOKED_CHANNEL, key_hash
-            )
+            with redis.Redis.from_url(live.redis_url or "", socket_timeout=2) as r:
+                r.publish(REVOKED_CHANNEL, key_hash)
         except redis.RedisError:
             err_console.print(
                 "[yellow]Redis unreachable: instances notice within the key cache TTL[/yellow]"
