@@ -49,25 +49,13 @@ async def get_usage(
             f"usage cannot be read right now ({type(exc).__name__}); records are kept and "
             "will be written when the database returns"
         ) from None
-    data = [
-        {
-            "date": r.day.isoformat(),
-            "model": r.alias,
-            "user": r.user_id,
-            "requests": r.requests,
-            "errors": r.errors,
-            "prompt_tokens": r.prompt_tokens,
-            "completion_tokens": r.completion_tokens,
-            "cost_usd": str(r.cost_usd.normalize() if r.cost_usd else 0),
-        }
-        for r in rows
-    ]
+    data = [r.as_dict() for r in rows]
     total = sum((r.cost_usd for r in rows), start=Decimal(0))
     return json_response(
         {
             "object": "list",
             "data": data,
             "total_requests": sum(r.requests for r in rows),
-            "total_cost_usd": str(total.normalize() if total else 0),
+            "total_cost_usd": usage_repo.decimal_str(total),
         }
     )

@@ -39,20 +39,8 @@ def usage(
         typer.echo(
             json.dumps(
                 {
-                    "data": [
-                        {
-                            "date": r.day.isoformat(),
-                            "model": r.alias,
-                            "user": r.user_id,
-                            "requests": r.requests,
-                            "errors": r.errors,
-                            "prompt_tokens": r.prompt_tokens,
-                            "completion_tokens": r.completion_tokens,
-                            "cost_usd": str(r.cost_usd),
-                        }
-                        for r in rows
-                    ],
-                    "total_cost_usd": str(total),
+                    "data": [r.as_dict() for r in rows],
+                    "total_cost_usd": usage_repo.decimal_str(total),
                 }
             )
         )

@@ -93,6 +93,21 @@ class Provider:
         raise InvalidRequest(f"provider {self.name!r} does not serve embeddings", param="model")
 
 
+def chunk_factory(chunk_id: str, created: int, model: str) -> Any:
+    """Build ``chat.completion.chunk`` dicts for one stream: ``chunk(delta, finish)``."""
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        return {
+            "id": chunk_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+        }
+
+    return chunk
+
+
 def usage_chunk(
     chunk_id: str, created: int, model: str, prompt: int, completion: int
 ) -> dict[str, Any]:

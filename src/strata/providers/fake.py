@@ -17,7 +17,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from strata.errors import ProviderError, ProviderRateLimited, ProviderUnavailable
-from strata.providers.base import ChatResult, EmbedResult, Provider, ProviderOptions, usage_chunk
+from strata.providers.base import (
+    ChatResult,
+    EmbedResult,
+    Provider,
+    ProviderOptions,
+    chunk_factory,
+    usage_chunk,
+)
 
 
 class FakeOptions(ProviderOptions):
@@ -92,14 +99,7 @@ class FakeProvider(Provider):
         cid, created = "chatcmpl-" + uuid.uuid4().hex, int(time.time())
         words = self._words(body)
 
-        def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-            return {
-                "id": cid,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-            }
+        chunk = chunk_factory(cid, created, model)
 
         yield chunk({"role": "assistant", "content": ""})
         for i, w in enumerate(words):

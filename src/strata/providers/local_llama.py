@@ -26,7 +26,13 @@ from typing import Any
 from pydantic import Field
 
 from strata.errors import ConfigError, ContextLengthExceeded, InvalidRequest, ProviderError
-from strata.providers.base import ChatResult, Provider, ProviderOptions, usage_chunk
+from strata.providers.base import (
+    ChatResult,
+    Provider,
+    ProviderOptions,
+    chunk_factory,
+    usage_chunk,
+)
 from strata.providers.local_queue import LocalQueue
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -212,16 +218,7 @@ class LocalLlamaProvider(Provider):
             prompt, kwargs = self._prepare(body)
             cid, created = "chatcmpl-" + uuid.uuid4().hex, int(time.time())
 
-            def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-                return {
-                    "id": cid,
-                    "object": "chat.completion.chunk",
-                    "created": created,
-                    "model": model,
-                    "choices": [
-                        {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-                    ],
-                }
+            chunk = chunk_factory(cid, created, model)
 
             put(chunk({"role": "assistant", "content": ""}))
             stopping = StoppingCriteriaList([lambda ids, logits: cancel.is_set()])

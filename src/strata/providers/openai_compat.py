@@ -97,12 +97,10 @@ class OpenAICompatProvider(Provider):
             raise ProviderUnavailable("not started", provider=self.name)
         return self._session.post(self.base_url + path, data=orjson.dumps(payload))
 
-    async def chat(self, body: dict[str, Any], model: str) -> ChatResult:
-        payload = {**body, "model": model}
-        payload.pop("stream_options", None)
-        payload["stream"] = False
+    async def _call(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """POST and return the JSON body; every failure becomes a Strata error."""
         try:
-            async with self._post("/chat/completions", payload) as resp:
+            async with self._post(path, payload) as resp:
                 raw = await resp.read()
                 if resp.status >= 400:
                     raise self._upstream_error(resp, raw)
@@ -110,7 +108,13 @@ class OpenAICompatProvider(Provider):
             raise
         except Exception as exc:
             raise self._transport_error(exc) from None
-        data = _loads(raw, self.name)
+        return _loads(raw, self.name)
+
+    async def chat(self, body: dict[str, Any], model: str) -> ChatResult:
+        payload = {**body, "model": model}
+        payload.pop("stream_options", None)
+        payload["stream"] = False
+        data = await self._call("/chat/completions", payload)
         usage = data.get("usage") or {}
         return ChatResult(
             data, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
@@ -192,16 +196,7 @@ class OpenAICompatProvider(Provider):
         return batch
 
     async def embed(self, inputs: list[str], model: str) -> EmbedResult:
-        try:
-            async with self._post("/embeddings", {"model": model, "input": inputs}) as resp:
-                raw = await resp.read()
-                if resp.status >= 400:
-                    raise self._upstream_error(resp, raw)
-        except StrataError:
-            raise
-        except Exception as exc:
-            raise self._transport_error(exc) from None
-        data = _loads(raw, self.name)
+        data = await self._call("/embeddings", {"model": model, "input": inputs})
         items = sorted(data.get("data", []), key=lambda d: d.get("index", 0))
         vectors = [d.get("embedding") for d in items]
         if len(vectors) != len(inputs) or not all(_is_vector(v) for v in vectors):

@@ -51,6 +51,23 @@ class UsageRow:
     completion_tokens: int
     cost_usd: Decimal
 
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "date": self.day.isoformat(),
+            "model": self.alias,
+            "user": self.user_id,
+            "requests": self.requests,
+            "errors": self.errors,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            # A string: JSON numbers would lose Decimal's exactness.
+            "cost_usd": decimal_str(self.cost_usd),
+        }
+
+
+def decimal_str(value: Decimal) -> str:
+    return str(value.normalize()) if value else "0"
+
 
 async def summarize(
     engine: AsyncEngine,
