@@ -16,6 +16,8 @@ from strata.gateway.embeddings import EmbeddingService
 from strata.gateway.meter import Meter
 from strata.providers.base import Provider
 from strata.providers.registry import build_providers
+from strata.routing.breaker import CircuitBreakers
+from strata.routing.dispatch import Dispatcher
 from strata.routing.router import Router
 from strata.security.auth import Authenticator
 from strata.security.keys import Principal
@@ -36,6 +38,7 @@ class Runtime:
     redis: aioredis.Redis
     providers: dict[str, Provider]
     router: Router
+    dispatcher: Dispatcher
     pricer: Pricer
     recorder: UsageRecorder
     auth: Authenticator
@@ -54,6 +57,8 @@ class Runtime:
         engine = make_engine(settings.database_url)
         redis = aioredis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
         router = Router(settings, providers)
+        breakers = CircuitBreakers(redis, settings.breaker)
+        dispatcher = Dispatcher(router, breakers, settings.retry)
         recorder = UsageRecorder(
             lambda rows: usage_repo.insert_batch(engine, rows),
             touch=lambda last: key_repo.touch_last_used(engine, last),
@@ -76,8 +81,9 @@ class Runtime:
             pricer=Pricer(settings),
             recorder=recorder,
             auth=auth,
-            chat=ChatService(router),
-            embeddings=EmbeddingService(router),
+            dispatcher=dispatcher,
+            chat=ChatService(dispatcher),
+            embeddings=EmbeddingService(dispatcher),
         )
         for p in providers.values():
             await p.start()

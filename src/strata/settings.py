@@ -62,6 +62,14 @@ class Deployment(BaseModel):
     provider: str
     model: str
     price: Price | None = None
+    # Same rank: load-balanced; a higher rank is the fallback. Default: list order.
+    rank: int | None = None
+    weight: float = Field(default=1.0, gt=0)
+    # Time to first token (the whole answer for non-streamed calls) and total.
+    ttft_timeout_s: float | None = Field(default=None, gt=0)
+    timeout_s: float | None = Field(default=None, gt=0)
+    # Context window, for falling back to a larger one on context-length errors.
+    max_context: int | None = Field(default=None, gt=0)
 
 
 class Alias(BaseModel):
@@ -72,6 +80,12 @@ class Alias(BaseModel):
     kind: Literal["chat", "embedding"] = "chat"
     description: str = ""
     deployments: list[Deployment] = Field(min_length=1)
+    # Within a rank: weighted random, or the deployment with fewest calls in flight.
+    strategy: Literal["weighted", "least_inflight"] = "weighted"
+    # Attempts beyond the first, across all deployments, per request.
+    retries: int = Field(default=2, ge=0, le=10)
+    # Wall-clock budget for all attempts of one request.
+    deadline_s: float = Field(default=120.0, gt=0)
 
     @model_validator(mode="before")
     @classmethod
@@ -79,7 +93,8 @@ class Alias(BaseModel):
         # `{provider: x, model: y}` is shorthand for a single deployment.
         if isinstance(data, dict) and "provider" in data and "deployments" not in data:
             data = dict(data)
-            dep = {k: data.pop(k) for k in ("provider", "model", "price") if k in data}
+            keys = set(Deployment.model_fields) - {"rank", "weight"}
+            dep = {k: data.pop(k) for k in list(data) if k in keys}
             data["deployments"] = [dep]
         return data
 
@@ -114,6 +129,25 @@ class AuthSettings(BaseModel):
     # While PostgreSQL is unreachable, keys verified before keep working this long.
     stale_grace_s: float = 300.0
     bootstrap_admin: bool = True
+
+
+class BreakerSettings(BaseModel):
+    """Circuit breaker per deployment, shared by all instances through Redis."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    failures: int = Field(default=5, ge=1)  # failures within the window that open it
+    window_s: float = Field(default=30.0, gt=0)
+    cooldown_s: float = Field(default=30.0, gt=0)  # open this long, then one probe
+    # How often an instance re-reads shared breaker state it has not changed itself.
+    sync_s: float = Field(default=1.0, gt=0)
+
+
+class RetrySettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    base_s: float = Field(default=0.25, gt=0)  # backoff before retrying one deployment
+    max_s: float = Field(default=8.0, gt=0)
 
 
 class UsageSettings(BaseModel):
@@ -154,6 +188,8 @@ class Settings(BaseSettings):
     auth: AuthSettings = AuthSettings()
     usage: UsageSettings = UsageSettings()
     local: LocalSettings = LocalSettings()
+    breaker: BreakerSettings = BreakerSettings()
+    retry: RetrySettings = RetrySettings()
     providers: dict[str, ProviderConfig] = Field(default_factory=_default_providers)
     models: dict[str, Alias] = Field(default_factory=_default_models)
 

@@ -28,17 +28,17 @@ def router() -> Router:
 def test_candidates_keep_declared_order(router: Router) -> None:
     got = [(t.provider.name, t.model) for t in router.candidates("chat", "chat")]
     assert got == [("a", "m1"), ("b", "m2")]
-    assert router.pick("chat", "chat").model == "m1"
+    assert router.candidates("chat", "chat")[0].model == "m1"
 
 
 def test_unknown_alias(router: Router) -> None:
     with pytest.raises(ModelNotFound) as e:
-        router.pick("gpt-9", "chat")
+        router.candidates("gpt-9", "chat")
     assert e.value.status == 404 and e.value.param == "model"
 
 
 def test_kind_mismatch_points_at_the_right_endpoint(router: Router) -> None:
     with pytest.raises(InvalidRequest, match="/v1/embeddings"):
-        router.pick("vec", "chat")
+        router.candidates("vec", "chat")
     with pytest.raises(InvalidRequest, match="/v1/chat/completions"):
-        router.pick("chat", "embedding")
+        router.candidates("chat", "embedding")

@@ -34,7 +34,7 @@ async def chat_completions(scope: dict[str, Any], receive: Any, send: Any) -> No
         raise
     if body.get("stream"):
         # The stream owns the meter and settles it when it ends, however it ends.
-        await SSEResponse(stream)(scope, receive, send)
+        await SSEResponse(stream, meter.headers())(scope, receive, send)
         return
     meter.ok()
-    await send_json(send, out)
+    await send_json(send, out, extra=meter.headers())

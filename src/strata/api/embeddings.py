@@ -28,4 +28,4 @@ async def embeddings(scope: dict[str, Any], receive: Any, send: Any) -> None:
         meter.failed(exc)
         raise
     meter.ok()
-    await send_json(send, out)
+    await send_json(send, out, extra=meter.headers())

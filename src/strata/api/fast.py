@@ -50,9 +50,11 @@ async def read_json(receive: Any) -> Any:
         ) from None
 
 
-async def send_json(send: Any, data: Any, status: int = 200) -> None:
+async def send_json(
+    send: Any, data: Any, status: int = 200, extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
     body = orjson.dumps(data)
-    headers = [*JSON_HEADERS, (b"content-length", str(len(body)).encode())]
+    headers = [*JSON_HEADERS, (b"content-length", str(len(body)).encode()), *(extra or ())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 

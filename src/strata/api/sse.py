@@ -19,8 +19,9 @@ HEADERS = [
 
 
 class SSEResponse(Response):
-    def __init__(self, stream: ChatStream) -> None:
+    def __init__(self, stream: ChatStream, extra: list[tuple[bytes, bytes]] | None = None) -> None:
         self.stream = stream
+        self.extra = extra or []
         self.status_code = 200
         self.background = None
 
@@ -40,7 +41,9 @@ class SSEResponse(Response):
 
         watcher = asyncio.create_task(watch())
         try:
-            await send({"type": "http.response.start", "status": 200, "headers": list(HEADERS)})
+            await send(
+                {"type": "http.response.start", "status": 200, "headers": [*HEADERS, *self.extra]}
+            )
             await self._pump(send)
             state["finished"] = True
         except asyncio.CancelledError:

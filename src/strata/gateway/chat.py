@@ -8,16 +8,21 @@ with an error inside. Once a stream has started, a failure is sent as an SSE
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Any
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import orjson
 
-from strata.errors import InvalidRequest, StrataError
+from strata.errors import ProviderTimeout, StrataError
 from strata.gateway.meter import Meter
-from strata.providers.base import estimate_prompt_tokens
-from strata.routing.router import Router
+from strata.providers.base import ChatResult, Provider, estimate_prompt_tokens
+from strata.routing.dispatch import Dispatcher
+from strata.routing.router import Target
+
+R = TypeVar("R")
 
 log = logging.getLogger("strata.chat")
 
@@ -29,36 +34,57 @@ def sse(chunk: dict[str, Any]) -> bytes:
 
 
 class ChatService:
-    def __init__(self, router: Router) -> None:
-        self.router = router
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self.dispatcher = dispatcher
 
     async def complete(self, body: dict[str, Any], meter: Meter) -> dict[str, Any]:
-        target = self._target(body, meter)
-        result = await target.provider.chat(body, target.model)
+        async def call(target: Target) -> ChatResult:
+            return await target.provider.chat(body, target.model)
+
+        result = await self._run(body, meter, call, stream=False)
         meter.first_token()
         meter.tokens(result.prompt_tokens, result.completion_tokens)
         return result.body
 
     async def open_stream(self, body: dict[str, Any], meter: Meter) -> ChatStream:
-        target = self._target(body, meter)
-        if not target.provider.supports_streaming:
-            raise InvalidRequest(f"model '{target.alias}' cannot stream", param="stream")
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        stream = ChatStream(
-            target.provider.stream_batches(body, target.model),
-            meter,
-            include_usage,
-            estimate_prompt_tokens(body),
-        )
-        await stream.prime()
-        return stream
 
-    def _target(self, body: dict[str, Any], meter: Meter) -> Any:
-        target = self.router.pick(body["model"], "chat")
-        meter.target(target.alias, target.provider.name, target.model)
-        if body.get("tools") and not target.provider.supports_tools:
-            raise InvalidRequest(f"model '{target.alias}' does not support tools", param="tools")
-        return target
+        async def call(target: Target) -> ChatStream:
+            # Fallbacks happen only here, before the client has seen a token.
+            stream = ChatStream(
+                target.provider.stream_batches(body, target.model),
+                meter,
+                include_usage,
+                estimate_prompt_tokens(body),
+                target.timeout_s,
+            )
+            await stream.prime(target.ttft_timeout_s)
+            return stream
+
+        return await self._run(body, meter, call, stream=True)
+
+    async def _run(
+        self,
+        body: dict[str, Any],
+        meter: Meter,
+        call: Callable[[Target], Awaitable[R]],
+        *,
+        stream: bool,
+    ) -> R:
+        def capable(p: Provider) -> bool:
+            return (not stream or p.supports_streaming) and (
+                not body.get("tools") or p.supports_tools
+            )
+
+        return await self.dispatcher.run(
+            body["model"],
+            "chat",
+            call,
+            meter.outcome,
+            on_target=meter.on_target,
+            capable=capable,
+            need="tools" if body.get("tools") else "stream" if stream else None,
+        )
 
 
 class ChatStream:
@@ -70,8 +96,11 @@ class ChatStream:
         meter: Meter,
         include_usage: bool,
         prompt_estimate: int = 0,
+        timeout_s: float | None = None,
     ) -> None:
         self.prompt_estimate = prompt_estimate
+        # The deployment's total timeout covers the whole stream, from now.
+        self._deadline = None if timeout_s is None else time.monotonic() + timeout_s
         self._batches = batches
         self.meter = meter
         self.include_usage = include_usage
@@ -79,9 +108,10 @@ class ChatStream:
         self._content_chunks = 0
         self._usage_seen = False
 
-    async def prime(self) -> None:
+    async def prime(self, ttft_timeout_s: float | None = None) -> None:
         try:
-            self._first = await anext(self._batches)
+            async with asyncio.timeout(ttft_timeout_s):
+                self._first = await anext(self._batches)
         except StopAsyncIteration:
             self._first = None
         except BaseException:
@@ -95,12 +125,21 @@ class ChatStream:
                 out = self._encode(first)
                 if out:
                     yield out
-                async for batch in self._batches:
-                    out = self._encode(batch)
-                    if out:
-                        yield out
+                async with asyncio.timeout_at(self._deadline):
+                    async for batch in self._batches:
+                        out = self._encode(batch)
+                        if out:
+                            yield out
             yield DONE
             self.meter.ok()
+        except TimeoutError:
+            exc = ProviderTimeout(
+                "the stream exceeded the deployment's timeout",
+                provider=self.meter.event.provider or "",
+            )
+            self.meter.failed(exc)
+            yield sse(exc.to_dict())
+            yield DONE
         except StrataError as exc:
             self.meter.failed(exc)
             yield sse(exc.to_dict())

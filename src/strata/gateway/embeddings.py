@@ -7,25 +7,36 @@ from typing import Any
 
 from strata.errors import InvalidRequest
 from strata.gateway.meter import Meter
-from strata.routing.router import Router
+from strata.providers.base import EmbedResult
+from strata.routing.dispatch import Dispatcher
+from strata.routing.router import Target
 
 
 class EmbeddingService:
-    def __init__(self, router: Router) -> None:
-        self.router = router
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self.dispatcher = dispatcher
 
     async def embed(self, body: dict[str, Any], meter: Meter) -> dict[str, Any]:
-        target = self.router.pick(body["model"], "embedding")
-        meter.target(target.alias, target.provider.name, target.model)
+        alias = body["model"]
         raw = body["input"]
         inputs = [raw] if isinstance(raw, str) else raw
         if not all(isinstance(x, str) for x in inputs):
+            self.dispatcher.router.candidates(alias, "embedding")  # unknown model: 404 first
             # Token-array input only means something for the model that made the tokens.
             raise InvalidRequest(
-                f"model '{target.alias}' takes text input; token arrays are not supported",
+                f"model '{alias}' takes text input; token arrays are not supported",
                 param="input",
             )
-        result = await target.provider.embed(inputs, target.model)
+
+        async def call(target: Target) -> EmbedResult:
+            return await target.provider.embed(inputs, target.model)
+
+        result = await self.dispatcher.run(
+            alias, "embedding", call, meter.outcome, on_target=meter.on_target
+        )
+        target = meter.outcome.target
+        if target is None:  # run() returns only after an attempt on a target
+            raise InvalidRequest("no deployment answered", param="model")
         meter.tokens(result.prompt_tokens, 0)
         vectors = result.vectors
         dims = body.get("dimensions")

@@ -6,13 +6,15 @@ import time
 from decimal import Decimal
 
 from strata.errors import StrataError
+from strata.routing.dispatch import Outcome
+from strata.routing.router import Target
 from strata.security.keys import Principal
 from strata.usage.pricing import Pricer
 from strata.usage.recorder import UsageEvent, UsageRecorder
 
 
 class Meter:
-    __slots__ = ("_done", "_start", "event", "pricer", "recorder")
+    __slots__ = ("_done", "_start", "event", "outcome", "pricer", "recorder")
 
     def __init__(
         self,
@@ -34,6 +36,11 @@ class Meter:
             endpoint=endpoint,
             alias="",
         )
+        self.outcome = Outcome()
+
+    def on_target(self, target: Target) -> None:
+        """Called before each attempt: the record names the deployment that answered."""
+        self.target(target.alias, target.provider.name, target.model)
 
     def target(self, alias: str, provider: str, model: str) -> None:
         self.event.alias = alias
@@ -71,6 +78,8 @@ class Meter:
         e = self.event
         e.status, e.status_code, e.error_type = status, code, error
         e.latency_ms = (time.perf_counter() - self._start) * 1000
+        e.attempts = self.outcome.attempts
+        e.fallback = self.outcome.fallback
         if e.provider and (e.prompt_tokens or e.completion_tokens):
             e.cost_usd = self.pricer.cost(
                 e.provider, e.model or "", e.prompt_tokens, e.completion_tokens
@@ -78,3 +87,14 @@ class Meter:
         else:
             e.cost_usd = Decimal(0)
         self.recorder.record(e)
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """What happened, for the client: x-strata-model, -attempts, -fallback."""
+        o = self.outcome
+        if o.target is None:
+            return []
+        return [
+            (b"x-strata-model", o.target.label.encode()),
+            (b"x-strata-attempts", str(o.attempts).encode()),
+            (b"x-strata-fallback", b"true" if o.fallback else b"false"),
+        ]

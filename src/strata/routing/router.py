@@ -1,7 +1,6 @@
-"""Resolve a client's model name (an alias) to a deployment and its provider.
+"""Resolve a client's model name (an alias) to its deployments (``Target``s).
 
-Aliases map to ordered deployments. This version dispatches to the first one;
-fallbacks, retries and circuit breaking build on ``candidates``.
+Balancing, retries, fallbacks and circuit breaking live in ``dispatch``.
 """
 
 from __future__ import annotations
@@ -18,13 +17,37 @@ class Target:
     alias: str
     provider: Provider
     model: str
+    rank: int = 0
+    weight: float = 1.0
+    ttft_timeout_s: float | None = None
+    timeout_s: float | None = None
+    max_context: int | None = None
+    # Identifies the deployment: breaker state, latency, in-flight counts.
+    key: str = ""
+
+    @property
+    def label(self) -> str:
+        return f"{self.provider.name}/{self.model}"
 
 
 class Router:
     def __init__(self, settings: Settings, providers: dict[str, Provider]) -> None:
         self.aliases: dict[str, Alias] = dict(settings.models)
         self._candidates: dict[str, list[Target]] = {
-            name: [Target(name, providers[d.provider], d.model) for d in alias.deployments]
+            name: [
+                Target(
+                    name,
+                    providers[d.provider],
+                    d.model,
+                    rank=d.rank if d.rank is not None else i,
+                    weight=d.weight,
+                    ttft_timeout_s=d.ttft_timeout_s,
+                    timeout_s=d.timeout_s,
+                    max_context=d.max_context or providers[d.provider].max_context,
+                    key=f"{name}|{d.provider}|{d.model}",
+                )
+                for i, d in enumerate(alias.deployments)
+            ]
             for name, alias in self.aliases.items()
         }
 
@@ -43,6 +66,3 @@ class Router:
                 code="model_not_supported",
             )
         return found
-
-    def pick(self, alias: str, kind: str) -> Target:
-        return self.candidates(alias, kind)[0]

@@ -93,3 +93,5 @@ class UsageRecord(Base):
     status: Mapped[str] = mapped_column(String(20))
     status_code: Mapped[int] = mapped_column(Integer)
     error_type: Mapped[str | None] = mapped_column(String(100))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    fallback: Mapped[bool] = mapped_column(Boolean, default=False)

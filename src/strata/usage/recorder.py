@@ -52,6 +52,8 @@ class UsageEvent:
     status: str = "ok"  # ok | error | cancelled
     status_code: int = 200
     error_type: str | None = None
+    attempts: int = 0
+    fallback: bool = False
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     id: uuid.UUID = field(default_factory=uuid.uuid4)
 

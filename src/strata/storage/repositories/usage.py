@@ -22,6 +22,9 @@ INSERT_SQL = (
     "ON CONFLICT (id) DO NOTHING"
 )
 
+# Columns added after 0001: rows spilled by an older version lack them.
+DEFAULTS: dict[str, Any] = {"attempts": 0, "fallback": False}
+
 
 async def insert_batch(engine: AsyncEngine, rows: list[dict[str, Any]]) -> None:
     """Idempotent: a row whose id is already stored is skipped (spill replays).
@@ -37,7 +40,9 @@ async def insert_batch(engine: AsyncEngine, rows: list[dict[str, Any]]) -> None:
         if driver is None:  # never for asyncpg; keeps the type checker honest
             raise RuntimeError("no driver connection")
         # executemany is atomic: all rows or none.
-        await driver.executemany(INSERT_SQL, [tuple(r[c] for c in COLUMNS) for r in rows])
+        await driver.executemany(
+            INSERT_SQL, [tuple(r.get(c, DEFAULTS.get(c)) for c in COLUMNS) for r in rows]
+        )
 
 
 @dataclass(frozen=True)
