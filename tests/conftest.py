@@ -28,6 +28,9 @@ from strata.storage.embedded import EmbeddedPostgres, EmbeddedRedis
 from strata.storage.engine import make_engine
 from strata.storage.repositories import keys as key_repo
 
+# Real and scripted upstreams (llama.cpp server, aiohttp scripts), for any test.
+pytest_plugins = ["tests.upstreams"]
+
 # Models every test server knows: the embedded defaults plus scripted fakes.
 TEST_CONFIG: dict[str, Any] = {
     "providers": {

@@ -33,7 +33,7 @@ from strata.errors import (
 )
 from strata.providers.openai_compat import OpenAICompatProvider
 from strata.settings import ProviderConfig, Settings, load_settings
-from tests.providers.conftest import LlamaServer, ScriptedUpstream, free_port, sse_reply
+from tests.upstreams import LlamaServer, ScriptedUpstream, free_port, sse_reply
 
 MakeProvider = Callable[..., Awaitable[OpenAICompatProvider]]
 

@@ -152,9 +152,7 @@ class ScriptedUpstream:
         return self.received[-1]
 
 
-@pytest.fixture
-async def upstream() -> AsyncIterator[ScriptedUpstream]:
-    scripted = ScriptedUpstream()
+async def _serve(scripted: ScriptedUpstream) -> web.AppRunner:
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", scripted.dispatch)
     # Cancel handlers whose client went away (timeout tests), and do not wait long for them.
@@ -164,10 +162,34 @@ async def upstream() -> AsyncIterator[ScriptedUpstream]:
     await site.start()
     host, port = runner.addresses[0][:2]
     scripted.base_url = f"http://{host}:{port}/v1"
+    return runner
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[ScriptedUpstream]:
+    scripted = ScriptedUpstream()
+    runner = await _serve(scripted)
     try:
         yield scripted
     finally:
         await runner.cleanup()
+
+
+@pytest.fixture
+async def upstreams() -> AsyncIterator[Callable[[], Awaitable[ScriptedUpstream]]]:
+    """Start as many scripted upstreams as a test needs: ``await upstreams()``."""
+    runners: list[web.AppRunner] = []
+
+    async def make() -> ScriptedUpstream:
+        scripted = ScriptedUpstream()
+        runners.append(await _serve(scripted))
+        return scripted
+
+    try:
+        yield make
+    finally:
+        for runner in runners:
+            await runner.cleanup()
 
 
 def sse_reply(events: list[Any], *, done: bool = True) -> Handler:
