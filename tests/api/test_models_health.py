@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import openai
 import pytest
@@ -26,8 +28,12 @@ def test_healthz_needs_no_key(server: ServerThread) -> None:
 
 
 def test_readyz_checks_database_redis_and_models(server: ServerThread) -> None:
-    r = httpx.get(server.base_url + "/readyz")
-    assert r.status_code == 200, r.text
+    # Models load in the background after start-up; readiness waits for them.
+    deadline = time.monotonic() + 120
+    while (r := httpx.get(server.base_url + "/readyz")).status_code != 200:
+        assert r.status_code == 503 and "loading" in r.text, r.text
+        assert time.monotonic() < deadline, r.text
+        time.sleep(0.2)
     checks = r.json()["checks"]
     assert checks == {
         "database": "ok",

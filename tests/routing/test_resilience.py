@@ -266,6 +266,13 @@ async def test_circuit_opens_is_shared_and_recovers(
     r = await chat(srv, api_key, alias)
     assert r.headers["x-strata-attempts"] == "1"  # the dead deployment costs nothing now
     assert len(a.received) == 2
+    async with httpx.AsyncClient(timeout=10) as http:
+        listed = await http.get(
+            f"{srv.base_url}/v1/models/{alias}", headers={"authorization": f"Bearer {api_key.key}"}
+        )
+    circuits = {d["provider"]: d["circuit"] for d in listed.json()["deployments"]}
+    assert circuits == {"up0": "open", "up1": "closed"}
+    assert listed.json()["deployments"][1]["latency_ms"] is not None
 
     # A second instance sharing Redis sees the open circuit without paying for it.
     models = {

@@ -9,6 +9,7 @@ from starlette.responses import Response
 
 from strata.api.deps import PrincipalDep, RuntimeDep
 from strata.errors import ModelNotFound
+from strata.runtime import Runtime
 from strata.settings import Alias
 from strata.util import json_response
 
@@ -18,7 +19,21 @@ router = APIRouter()
 CREATED = 1_764_288_000
 
 
-def _model(name: str, alias: Alias) -> dict[str, Any]:
+def _model(rt: Runtime, name: str, alias: Alias) -> dict[str, Any]:
+    d = rt.dispatcher
+    deployments = [
+        {
+            "provider": t.provider.name,
+            "model": t.model,
+            "rank": t.rank,
+            "weight": t.weight,
+            "circuit": d.breakers.state(t.key),
+            "in_flight": d.inflight.get(t.key, 0),
+            # This instance's recent latency (exponential average), if it has seen any.
+            "latency_ms": round(d.latency[t.key] * 1000, 1) if t.key in d.latency else None,
+        }
+        for t in rt.router.candidates(name, alias.kind)
+    ]
     return {
         "id": name,
         "object": "model",
@@ -26,12 +41,13 @@ def _model(name: str, alias: Alias) -> dict[str, Any]:
         "owned_by": "strata",
         "kind": alias.kind,
         "description": alias.description,
+        "deployments": deployments,
     }
 
 
 @router.get("/v1/models")
 async def list_models(rt: RuntimeDep, principal: PrincipalDep) -> Response:
-    data = [_model(n, a) for n, a in rt.router.aliases.items()]
+    data = [_model(rt, n, a) for n, a in rt.router.aliases.items()]
     return json_response({"object": "list", "data": data})
 
 
@@ -40,4 +56,4 @@ async def get_model(model_id: str, rt: RuntimeDep, principal: PrincipalDep) -> R
     alias = rt.router.aliases.get(model_id)
     if alias is None:
         raise ModelNotFound(f"The model '{model_id}' does not exist.", param="model")
-    return json_response(_model(model_id, alias))
+    return json_response(_model(rt, model_id, alias))
