@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -72,14 +80,32 @@ class Deployment(BaseModel):
     max_context: int | None = Field(default=None, gt=0)
 
 
+class AutoRoute(BaseModel):
+    """Capability-based routing: score each request, send it to a tier's alias."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cheap: str  # alias of the cheap tier
+    strong: str  # alias of the strong tier
+    # Score at or above which a request goes strong; `strata route calibrate` sets it
+    # for a target share of strong traffic.
+    threshold: float = Field(default=0.5, ge=0, le=1)
+    # Similarity to labelled exemplars through this embedding alias (None: features only).
+    embeddings: str | None = "embed-default"
+    # A conversation once escalated stays strong this long (0: no stickiness).
+    sticky_s: float = Field(default=86_400.0, ge=0)
+
+
 class Alias(BaseModel):
-    """A model name clients use; resolves to ordered deployments."""
+    """A model name clients use; resolves to ordered deployments, or routes by score."""
 
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["chat", "embedding"] = "chat"
     description: str = ""
-    deployments: list[Deployment] = Field(min_length=1)
+    # Before deployments: the deployments check reads it.
+    route: AutoRoute | None = None
+    deployments: list[Deployment] = Field(default_factory=list)
     # Within a rank: weighted random, or the deployment with fewest calls in flight.
     strategy: Literal["weighted", "least_inflight"] = "weighted"
     # Attempts beyond the first, across all deployments, per request.
@@ -97,6 +123,18 @@ class Alias(BaseModel):
             dep = {k: data.pop(k) for k in list(data) if k in keys}
             data["deployments"] = [dep]
         return data
+
+    @field_validator("deployments")
+    @classmethod
+    def _deployments_or_route(cls, v: list[Deployment], info: ValidationInfo) -> list[Deployment]:
+        routed = info.data.get("route") is not None
+        if not v and not routed:
+            raise ValueError("at least one deployment is needed (or a route)")
+        if v and routed:
+            raise ValueError("an alias with a route has no deployments of its own")
+        if routed and info.data.get("kind") != "chat":
+            raise ValueError("route is for chat aliases")
+        return v
 
 
 def _default_providers() -> dict[str, ProviderConfig]:
@@ -196,6 +234,23 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _references(self) -> Settings:
         for name, alias in self.models.items():
+            if alias.route is not None:
+                for tier in ("cheap", "strong"):
+                    target = getattr(alias.route, tier)
+                    other = self.models.get(target)
+                    if other is None or other.kind != "chat" or other.route is not None:
+                        raise ValueError(
+                            f"models.{name}.route.{tier}: {target!r} must be a chat alias "
+                            "with deployments"
+                        )
+                emb = alias.route.embeddings
+                if emb is not None and (
+                    emb not in self.models or self.models[emb].kind != "embedding"
+                ):
+                    raise ValueError(
+                        f"models.{name}.route.embeddings: {emb!r} is not an embedding alias "
+                        "(set it to null to score on features only)"
+                    )
             for i, dep in enumerate(alias.deployments):
                 if dep.provider not in self.providers:
                     known = ", ".join(sorted(self.providers)) or "none"
