@@ -16,6 +16,7 @@ from strata.gateway.embeddings import EmbeddingService
 from strata.gateway.meter import Meter
 from strata.providers.base import Provider
 from strata.providers.registry import build_providers
+from strata.routing.auto import AutoRouter
 from strata.routing.breaker import CircuitBreakers
 from strata.routing.dispatch import Dispatcher
 from strata.routing.router import Router
@@ -82,7 +83,7 @@ class Runtime:
             recorder=recorder,
             auth=auth,
             dispatcher=dispatcher,
-            chat=ChatService(dispatcher),
+            chat=ChatService(dispatcher, AutoRouter(settings, providers, redis)),
             embeddings=EmbeddingService(dispatcher),
         )
         for p in providers.values():

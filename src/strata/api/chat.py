@@ -21,11 +21,12 @@ async def chat_completions(scope: dict[str, Any], receive: Any, send: Any) -> No
     try:
         body = await read_json(receive)
         validate(ChatRequest, body)
+        forced = header(scope, b"x-strata-tier")
         if body.get("stream"):
             meter.event.stream = True
-            stream = await rt.chat.open_stream(body, meter)
+            stream = await rt.chat.open_stream(body, meter, forced)
         else:
-            out = await rt.chat.complete(body, meter)
+            out = await rt.chat.complete(body, meter, forced)
     except asyncio.CancelledError:
         meter.cancelled()
         raise

@@ -37,8 +37,9 @@ async def readyz(rt: RuntimeDep) -> Response:
         except Exception as exc:
             checks[name] = f"unavailable: {type(exc).__name__}"
     for name in ("default", "embed-default"):
-        if name in rt.router.aliases:
-            target = rt.router.candidates(name, rt.router.aliases[name].kind)[0]
+        alias = rt.router.aliases.get(name)
+        if alias is not None and alias.deployments:
+            target = rt.router.candidates(name, alias.kind)[0]
             checks[f"model:{name}"] = "ok" if target.provider.ready() else "loading"
     ready = all(v == "ok" for v in checks.values())
     return json_response(

@@ -34,7 +34,7 @@ def _model(rt: Runtime, name: str, alias: Alias) -> dict[str, Any]:
         }
         for t in rt.router.candidates(name, alias.kind)
     ]
-    return {
+    out = {
         "id": name,
         "object": "model",
         "created": CREATED,
@@ -43,6 +43,9 @@ def _model(rt: Runtime, name: str, alias: Alias) -> dict[str, Any]:
         "description": alias.description,
         "deployments": deployments,
     }
+    if alias.route is not None:
+        out["route"] = alias.route.model_dump()
+    return out
 
 
 @router.get("/v1/models")

@@ -30,6 +30,9 @@ def create(
     tenant: str = typer.Option("default", "--tenant", "-t"),
     name: str = typer.Option("", "--name", "-n", help="a label for people"),
     admin: bool = typer.Option(False, "--admin", help="may administer the tenant"),
+    auto_routing: bool = typer.Option(
+        True, "--auto-routing/--no-auto-routing", help="may 'auto' aliases pick the strong tier"
+    ),
     as_json: bool = typer.Option(False, "--json", help="print JSON (for scripts)"),
     config: Path | None = ConfigOpt,
 ) -> None:
@@ -39,7 +42,12 @@ def create(
         new = with_engine(
             live,
             lambda e: key_repo.create_key(
-                e, tenant_id=tenant, user_id=user, name=name, is_admin=admin
+                e,
+                tenant_id=tenant,
+                user_id=user,
+                name=name,
+                is_admin=admin,
+                auto_routing=auto_routing,
             ),
         )
     if as_json:
@@ -113,12 +121,37 @@ def revoke(key_id: str, config: Path | None = ConfigOpt) -> None:
         if key_hash is None:
             err_console.print(f"[red]no active key {key_id}[/red]")
             raise typer.Exit(1)
-        try:
-            # Instances evict at once; if Redis is down, their cache TTL bounds the delay.
-            with redis.Redis.from_url(live.redis_url or "", socket_timeout=2) as r:
-                r.publish(REVOKED_CHANNEL, key_hash)
-        except redis.RedisError:
-            err_console.print(
-                "[yellow]Redis unreachable: instances notice within the key cache TTL[/yellow]"
-            )
+        _evict_everywhere(live.redis_url or "", key_hash)
     console.print(f"revoked {key_id}")
+
+
+@app.command()
+def routing(
+    key_id: str,
+    on: bool = typer.Option(..., "--on/--off", help="capability-based routing for this key"),
+    config: Path | None = ConfigOpt,
+) -> None:
+    """Turn 'auto' routing on or off for a key (off: always the cheap tier)."""
+    settings = settings_or_exit(config)
+    with running_services(settings) as live:
+
+        async def run(engine: AsyncEngine) -> str | None:
+            return await key_repo.set_auto_routing(engine, key_id, on)
+
+        key_hash = with_engine(live, run)
+        if key_hash is None:
+            err_console.print(f"[red]no active key {key_id}[/red]")
+            raise typer.Exit(1)
+        _evict_everywhere(live.redis_url or "", key_hash)
+    console.print(f"auto routing {'on' if on else 'off'} for {key_id}")
+
+
+def _evict_everywhere(redis_url: str, key_hash: str) -> None:
+    try:
+        # Instances drop the cached key at once; if Redis is down, within the cache TTL.
+        with redis.Redis.from_url(redis_url, socket_timeout=2) as r:
+            r.publish(REVOKED_CHANNEL, key_hash)
+    except redis.RedisError:
+        err_console.print(
+            "[yellow]Redis unreachable: instances notice within the key cache TTL[/yellow]"
+        )

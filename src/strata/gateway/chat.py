@@ -19,6 +19,7 @@ import orjson
 from strata.errors import ProviderTimeout, StrataError
 from strata.gateway.meter import Meter
 from strata.providers.base import ChatResult, Provider, estimate_prompt_tokens
+from strata.routing.auto import AutoRouter
 from strata.routing.dispatch import Dispatcher
 from strata.routing.router import Target
 
@@ -34,19 +35,24 @@ def sse(chunk: dict[str, Any]) -> bytes:
 
 
 class ChatService:
-    def __init__(self, dispatcher: Dispatcher) -> None:
+    def __init__(self, dispatcher: Dispatcher, auto: AutoRouter) -> None:
         self.dispatcher = dispatcher
+        self.auto = auto
 
-    async def complete(self, body: dict[str, Any], meter: Meter) -> dict[str, Any]:
+    async def complete(
+        self, body: dict[str, Any], meter: Meter, forced_tier: str | None = None
+    ) -> dict[str, Any]:
         async def call(target: Target) -> ChatResult:
             return await target.provider.chat(body, target.model)
 
-        result = await self._run(body, meter, call, stream=False)
+        result = await self._run(body, meter, call, stream=False, forced_tier=forced_tier)
         meter.first_token()
         meter.tokens(result.prompt_tokens, result.completion_tokens)
         return result.body
 
-    async def open_stream(self, body: dict[str, Any], meter: Meter) -> ChatStream:
+    async def open_stream(
+        self, body: dict[str, Any], meter: Meter, forced_tier: str | None = None
+    ) -> ChatStream:
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
 
         async def call(target: Target) -> ChatStream:
@@ -61,7 +67,7 @@ class ChatService:
             await stream.prime(target.ttft_timeout_s)
             return stream
 
-        return await self._run(body, meter, call, stream=True)
+        return await self._run(body, meter, call, stream=True, forced_tier=forced_tier)
 
     async def _run(
         self,
@@ -70,14 +76,22 @@ class ChatService:
         call: Callable[[Target], Awaitable[R]],
         *,
         stream: bool,
+        forced_tier: str | None,
     ) -> R:
+        alias = body["model"]
+        meter.event.alias = alias
+        if self.auto.is_routed(alias):
+            decision = await self.auto.decide(alias, body, meter.principal, forced_tier)
+            meter.routed(decision)
+            alias = decision.alias
+
         def capable(p: Provider) -> bool:
             return (not stream or p.supports_streaming) and (
                 not body.get("tools") or p.supports_tools
             )
 
         return await self.dispatcher.run(
-            body["model"],
+            alias,
             "chat",
             call,
             meter.outcome,

@@ -6,6 +6,7 @@ import time
 from decimal import Decimal
 
 from strata.errors import StrataError
+from strata.routing.auto import Decision
 from strata.routing.dispatch import Outcome
 from strata.routing.router import Target
 from strata.security.keys import Principal
@@ -14,7 +15,16 @@ from strata.usage.recorder import UsageEvent, UsageRecorder
 
 
 class Meter:
-    __slots__ = ("_done", "_start", "event", "outcome", "pricer", "recorder")
+    __slots__ = (
+        "_done",
+        "_start",
+        "decision",
+        "event",
+        "outcome",
+        "pricer",
+        "principal",
+        "recorder",
+    )
 
     def __init__(
         self,
@@ -28,6 +38,7 @@ class Meter:
         self.pricer = pricer
         self._start = time.perf_counter()
         self._done = False
+        self.principal = principal
         self.event = UsageEvent(
             request_id=request_id,
             tenant_id=principal.tenant_id,
@@ -37,15 +48,14 @@ class Meter:
             alias="",
         )
         self.outcome = Outcome()
+        self.decision: Decision | None = None
 
     def on_target(self, target: Target) -> None:
-        """Called before each attempt: the record names the deployment that answered."""
-        self.target(target.alias, target.provider.name, target.model)
-
-    def target(self, alias: str, provider: str, model: str) -> None:
-        self.event.alias = alias
-        self.event.provider = provider
-        self.event.model = model
+        """Called before each attempt: the record names the deployment that answered
+        (under the alias the client asked for, which may be a routed one)."""
+        self.event.alias = self.event.alias or target.alias
+        self.event.provider = target.provider.name
+        self.event.model = target.model
 
     def first_token(self) -> None:
         if self.event.ttft_ms is None:
@@ -88,13 +98,21 @@ class Meter:
             e.cost_usd = Decimal(0)
         self.recorder.record(e)
 
+    def routed(self, decision: Decision) -> None:
+        self.decision = decision
+        score = "" if decision.score is None else f":{decision.score:.3f}"
+        self.event.route = f"{decision.tier}:{decision.reason}{score}"
+
     def headers(self) -> list[tuple[bytes, bytes]]:
-        """What happened, for the client: x-strata-model, -attempts, -fallback."""
+        """What happened, for the client: x-strata-model, -attempts, -fallback, -route."""
         o = self.outcome
         if o.target is None:
             return []
-        return [
+        out = [
             (b"x-strata-model", o.target.label.encode()),
             (b"x-strata-attempts", str(o.attempts).encode()),
             (b"x-strata-fallback", b"true" if o.fallback else b"false"),
         ]
+        if self.decision is not None:
+            out.append((b"x-strata-route", self.decision.header()))
+        return out

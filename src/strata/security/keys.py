@@ -23,6 +23,8 @@ class Principal:
     tenant_id: str
     user_id: str
     is_admin: bool
+    # An operator may turn capability-based routing off for a key (cheap tier).
+    auto_routing: bool = True
 
 
 def generate_key() -> str:

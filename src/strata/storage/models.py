@@ -59,6 +59,7 @@ class ApiKey(Base):
     # SHA-256 hex of the key; the key itself is never stored.
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    auto_routing: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -94,4 +95,5 @@ class UsageRecord(Base):
     status_code: Mapped[int] = mapped_column(Integer)
     error_type: Mapped[str | None] = mapped_column(String(100))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    route: Mapped[str | None] = mapped_column(String(100))
     fallback: Mapped[bool] = mapped_column(Boolean, default=False)

@@ -54,6 +54,7 @@ class UsageEvent:
     error_type: str | None = None
     attempts: int = 0
     fallback: bool = False
+    route: str | None = None
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     id: uuid.UUID = field(default_factory=uuid.uuid4)
 

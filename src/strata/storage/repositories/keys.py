@@ -30,6 +30,7 @@ async def create_key(
     user_id: str,
     name: str = "",
     is_admin: bool = False,
+    auto_routing: bool = True,
 ) -> NewKey:
     key = generate_key()
     key_id = "key_" + secrets.token_hex(8)
@@ -47,6 +48,7 @@ async def create_key(
                 display_prefix=display_prefix(key),
                 key_hash=hash_key(key),
                 is_admin=is_admin,
+                auto_routing=auto_routing,
             )
         )
     return NewKey(id=key_id, key=key, tenant_id=tenant_id, user_id=user_id, is_admin=is_admin)
@@ -56,15 +58,23 @@ async def find_active(engine: AsyncEngine, key_hash: str) -> Principal | None:
     async with engine.connect() as conn:
         row = (
             await conn.execute(
-                select(ApiKey.id, ApiKey.tenant_id, ApiKey.user_id, ApiKey.is_admin).where(
-                    ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None)
-                )
+                select(
+                    ApiKey.id,
+                    ApiKey.tenant_id,
+                    ApiKey.user_id,
+                    ApiKey.is_admin,
+                    ApiKey.auto_routing,
+                ).where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))
             )
         ).first()
     if row is None:
         return None
     return Principal(
-        key_id=row.id, tenant_id=row.tenant_id, user_id=row.user_id, is_admin=row.is_admin
+        key_id=row.id,
+        tenant_id=row.tenant_id,
+        user_id=row.user_id,
+        is_admin=row.is_admin,
+        auto_routing=row.auto_routing,
     )
 
 
@@ -85,6 +95,21 @@ async def revoke_key(engine: AsyncEngine, key_id: str) -> str | None:
                 update(ApiKey)
                 .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
                 .values(revoked_at=datetime.now(UTC))
+                .returning(ApiKey.key_hash)
+            )
+        ).first()
+    return row.key_hash if row else None
+
+
+async def set_auto_routing(engine: AsyncEngine, key_id: str, on: bool) -> str | None:
+    """Turn capability-based routing on or off for a key; returns its hash (to evict
+    caches) or None if there is no such active key."""
+    async with engine.begin() as conn:
+        row = (
+            await conn.execute(
+                update(ApiKey)
+                .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
+                .values(auto_routing=on)
                 .returning(ApiKey.key_hash)
             )
         ).first()

@@ -23,7 +23,7 @@ INSERT_SQL = (
 )
 
 # Columns added after 0001: rows spilled by an older version lack them.
-DEFAULTS: dict[str, Any] = {"attempts": 0, "fallback": False}
+DEFAULTS: dict[str, Any] = {"attempts": 0, "fallback": False, "route": None}
 
 
 async def insert_batch(engine: AsyncEngine, rows: list[dict[str, Any]]) -> None:
