@@ -73,6 +73,7 @@ class Runtime:
             ttl_s=settings.auth.key_cache_ttl_s,
             stale_grace_s=settings.auth.stale_grace_s,
         )
+        auto = AutoRouter(settings, providers, redis)
         rt = cls(
             settings=settings,
             engine=engine,
@@ -83,13 +84,15 @@ class Runtime:
             recorder=recorder,
             auth=auth,
             dispatcher=dispatcher,
-            chat=ChatService(dispatcher, AutoRouter(settings, providers, redis)),
+            chat=ChatService(dispatcher, auto),
             embeddings=EmbeddingService(dispatcher),
         )
         for p in providers.values():
             await p.start()
         await recorder.start()
         rt.tasks.append(asyncio.create_task(auth.listen_for_revocations(redis)))
+        if auto.routes:
+            rt.tasks.append(asyncio.create_task(_after_models_load(rt, auto)))
         return rt
 
     async def stop(self) -> None:
@@ -109,3 +112,12 @@ class Runtime:
 
     def meter(self, principal: Principal, request_id: str, endpoint: str) -> Meter:
         return Meter(self.recorder, self.pricer, principal, request_id, endpoint)
+
+
+async def _after_models_load(rt: Runtime, auto: AutoRouter) -> None:
+    """Prepare routing once the embedding models are up, off the start-up path."""
+    for _ in range(600):
+        if all(p.ready() for p in rt.providers.values() if p.supports_embeddings):
+            break
+        await asyncio.sleep(0.1)
+    await auto.prepare()

@@ -9,7 +9,7 @@ import uvicorn
 from rich.panel import Panel
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from strata.cli import config_cmd, keys_cmd, models_cmd, usage_cmd
+from strata.cli import config_cmd, keys_cmd, models_cmd, route_cmd, usage_cmd
 from strata.cli.common import (
     ConfigOpt,
     console,
@@ -32,6 +32,7 @@ app = typer.Typer(
 )
 app.add_typer(keys_cmd.app, name="keys")
 app.add_typer(config_cmd.app, name="config")
+app.add_typer(route_cmd.app, name="route")
 app.command("usage")(usage_cmd.usage)
 app.command("models")(models_cmd.models)
 

@@ -63,6 +63,11 @@ class LocalEmbedProvider(Provider):
     def ready(self) -> bool:
         return self._model is not None
 
+    @property
+    def sentence_transformer(self) -> Any:
+        """The loaded model (None while loading), for in-process users such as routing."""
+        return self._model
+
     async def close(self) -> None:
         self.queue.shutdown()
         self._model = None
