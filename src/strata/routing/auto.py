@@ -19,7 +19,7 @@ from typing import Any
 
 from strata.errors import InvalidRequest
 from strata.providers.base import Provider
-from strata.routing.complexity import ComplexityScorer, last_user_text, static_token_embed
+from strata.routing.cues import last_user_text
 from strata.security.keys import Principal
 from strata.settings import AutoRoute, Settings
 
@@ -45,7 +45,11 @@ class AutoRouter:
     def __init__(self, settings: Settings, providers: dict[str, Provider], redis: Any) -> None:
         self.redis = redis
         self.routes = {n: a.route for n, a in settings.models.items() if a.route is not None}
-        self._scorers: dict[str, ComplexityScorer] = {}
+        self._scorers: dict[str, Any] = {}
+        if self.routes:
+            # Here, not at import: the scorer pulls in numpy, which a server
+            # without auto aliases need not carry (about 10 MiB).
+            from strata.routing.complexity import ComplexityScorer
         for name, route in self.routes.items():
             embed = None
             if route.embeddings is not None:
@@ -112,6 +116,8 @@ def _embedder(provider: Provider, model: str) -> Any:
             loaded = getattr(provider, "sentence_transformer", None)
             if loaded is None:
                 return (await provider.embed(texts, model)).vectors
+            from strata.routing.complexity import static_token_embed
+
             static.append(static_token_embed(loaded))
         vectors: list[list[float]] = await static[0](texts)
         return vectors
