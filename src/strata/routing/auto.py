@@ -72,7 +72,9 @@ class AutoRouter:
         self, alias: str, body: dict[str, Any], principal: Principal, forced: str | None
     ) -> Decision:
         route = self.routes[alias]
-        forced = forced or _pop_metadata_tier(body)
+        # Always taken out of the body, even when the header wins: it is ours.
+        from_metadata = _pop_metadata_tier(body)
+        forced = forced or from_metadata
         if not principal.auto_routing:
             return Decision("cheap", route.cheap, None, "disabled")
         if forced is not None:
