@@ -91,6 +91,7 @@ class Runtime:
             await p.start()
         await recorder.start()
         rt.tasks.append(asyncio.create_task(auth.listen_for_revocations(redis)))
+        rt.tasks.append(asyncio.create_task(dispatcher.publish_latency(redis)))
         if auto.routes:
             rt.tasks.append(asyncio.create_task(_after_models_load(rt, auto)))
         return rt

@@ -427,3 +427,31 @@ def test_installed_console_script(cli_env: dict[str, str]) -> None:
     assert listed.returncode == 0, listed.stderr
     assert [k["id"] for k in json.loads(listed.stdout)] == [data["id"]]
     assert data["key"] not in listed.stdout
+
+
+def test_models_shows_deployments_circuits_and_shared_latency(
+    cli: Any, redis_url: str, tmp_path: Path
+) -> None:
+    import json as _json
+
+    from strata.routing.breaker import PREFIX
+    from strata.routing.dispatch import LATENCY_KEY
+
+    a, b = "m-" + uuid.uuid4().hex[:8], "n-" + uuid.uuid4().hex[:8]
+    cfg = tmp_path / "strata.yaml"
+    cfg.write_text(
+        "providers:\n  f: {type: fake}\n"
+        f"models:\n  {a}: {{provider: f, model: x}}\n  {b}: {{provider: f, model: y}}\n"
+    )
+    with redis.Redis.from_url(redis_url) as r:
+        r.set(f"{PREFIX}{a}|f|x:open", "1", px=5000)
+        r.hset(LATENCY_KEY, f"{b}|f|y", "12.5")
+        try:
+            result = cli("models", "--json", "--config", str(cfg))
+        finally:
+            r.delete(f"{PREFIX}{a}|f|x:open")
+            r.hdel(LATENCY_KEY, f"{b}|f|y")
+    assert result.exit_code == 0, result.output
+    rows = {row["alias"]: row for row in _json.loads(result.stdout)}
+    assert rows[a]["circuit"] == "open" and rows[b]["circuit"] == "closed"
+    assert rows[b]["latency_ms"] == "12.5" and rows[a]["latency_ms"] == ""

@@ -6,6 +6,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -333,3 +334,27 @@ async def test_falls_back_from_a_dead_host_to_llama_server(
     assert r.status_code == 200, r.text
     assert r.headers["x-strata-model"] == f"llama/{llama_server.model}"
     assert r.json()["usage"]["completion_tokens"] > 0
+
+
+async def test_timed_out_attempts_are_billed_on_the_record(
+    upstreams: Make, start_server: Callable[..., ServerThread], api_key: NewKey, database_url: str
+) -> None:
+    a, b = await upstreams(), await upstreams()
+    a.reply, b.reply = hang(5.0), ok()
+    deps = [
+        {
+            "provider": "up0",
+            "model": "m0",
+            "timeout_s": 0.5,
+            "price": {"input_per_1m": "1000", "output_per_1m": "1000"},
+        },
+        {"provider": "up1", "model": "m1"},
+    ]
+    srv, alias = await asyncio.to_thread(serve_alias, start_server, [a, b], deps)
+    rid = "billed-" + uuid.uuid4().hex
+    r = await chat(srv, api_key, alias, headers={"x-request-id": rid})
+    assert r.status_code == 200 and r.headers["x-strata-model"] == "up1/m1"
+    [row] = await usage_rows(database_url, rid)
+    # The timed-out upstream had the prompt: its input price times the prompt tokens.
+    assert row.failed_cost_usd == Decimal(3) * 1000 / 1_000_000
+    assert row.cost_usd == row.failed_cost_usd  # the answering deployment is free here

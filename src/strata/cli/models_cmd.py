@@ -11,6 +11,7 @@ from rich.table import Table
 
 from strata.cli.common import ConfigOpt, console, running_services, settings_or_exit
 from strata.routing.breaker import PREFIX
+from strata.routing.dispatch import LATENCY_KEY
 
 
 def models(
@@ -22,8 +23,11 @@ def models(
     rows: list[dict[str, str]] = []
     with running_services(settings, upgrade=False) as live:
         states: dict[tuple[str, str, str], str] = {}
+        latency: dict[str, str] = {}
         try:
             with redis.Redis.from_url(live.redis_url or "", socket_timeout=2) as r:
+                shared = r.hgetall(LATENCY_KEY)
+                latency = {k.decode(): v.decode() for k, v in shared.items()}
                 for name, alias in live.models.items():
                     for d in alias.deployments:
                         key = f"{PREFIX}{name}|{d.provider}|{d.model}"
@@ -44,12 +48,13 @@ def models(
                         "rank": str(d.rank if d.rank is not None else i),
                         "weight": str(d.weight),
                         "circuit": states.get((name, d.provider, d.model), "closed"),
+                        "latency_ms": latency.get(f"{name}|{d.provider}|{d.model}", ""),
                     }
                 )
     if as_json:
         typer.echo(json.dumps(rows))
         return
-    table = Table("alias", "kind", "deployment", "rank", "weight", "circuit")
+    table = Table("alias", "kind", "deployment", "rank", "weight", "circuit", "latency ms")
     for row in rows:
         table.add_row(
             row["alias"],
@@ -58,5 +63,6 @@ def models(
             str(row["rank"]),
             str(row["weight"]),
             row["circuit"],
+            row["latency_ms"] or "-",
         )
     console.print(table)

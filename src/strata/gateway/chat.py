@@ -80,6 +80,7 @@ class ChatService:
     ) -> R:
         alias = body["model"]
         meter.event.alias = alias
+        meter.prompt_estimate = estimate_prompt_tokens(body)
         if self.auto.is_routed(alias):
             decision = await self.auto.decide(alias, body, meter.principal, forced_tier)
             meter.routed(decision)

@@ -23,6 +23,7 @@ class Meter:
         "outcome",
         "pricer",
         "principal",
+        "prompt_estimate",
         "recorder",
     )
 
@@ -39,6 +40,7 @@ class Meter:
         self._start = time.perf_counter()
         self._done = False
         self.principal = principal
+        self.prompt_estimate = 0
         self.event = UsageEvent(
             request_id=request_id,
             tenant_id=principal.tenant_id,
@@ -96,6 +98,17 @@ class Meter:
             )
         else:
             e.cost_usd = Decimal(0)
+        if self.outcome.billed_failures:
+            # Prompt tokens of timed-out attempts, at each deployment's input price.
+            prompt = e.prompt_tokens or self.prompt_estimate
+            e.failed_cost_usd = sum(
+                (
+                    self.pricer.cost(t.provider.name, t.model, prompt, 0)
+                    for t in self.outcome.billed_failures
+                ),
+                start=Decimal(0),
+            )
+            e.cost_usd += e.failed_cost_usd
         self.recorder.record(e)
 
     def routed(self, decision: Decision) -> None:

@@ -17,7 +17,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from strata.errors import (
     ContextLengthExceeded,
@@ -34,6 +34,9 @@ from strata.routing.router import Router, Target
 from strata.settings import RetrySettings
 
 T = TypeVar("T")
+# Recent latency per deployment, shared for `strata models` (any instance's latest).
+LATENCY_KEY = "strata:latency"
+LATENCY_PUBLISH_S = 2.0
 # Recent latency per deployment (seconds), for /v1/models: an exponential average.
 LATENCY_WEIGHT = 0.2
 
@@ -46,6 +49,9 @@ class Outcome:
     fallback: bool = False
     target: Target | None = None
     errors: list[str] = field(default_factory=list)
+    # Attempts that timed out after the upstream had the request: it probably
+    # processed (and billed) the prompt. Other failures are not billed upstream.
+    billed_failures: list[Target] = field(default_factory=list)
 
 
 class Dispatcher:
@@ -128,6 +134,8 @@ class Dispatcher:
                 raise
             except (ProviderError, TimeoutError) as exc:
                 err = exc if isinstance(exc, StrataError) else _timeout(target)
+                if isinstance(err, ProviderTimeout):
+                    outcome.billed_failures.append(target)
                 await self.breakers.failure(target.key)
                 outcome.errors.append(f"{target.key}: {type(err).__name__}")
                 last = err
@@ -141,6 +149,19 @@ class Dispatcher:
             provider=alias,
             retry_after=self.breakers.s.cooldown_s,
         )
+
+    async def publish_latency(self, redis: Any) -> None:
+        """Every few seconds, share this instance's recent latencies (best effort)."""
+        while True:
+            await asyncio.sleep(LATENCY_PUBLISH_S)
+            if not self.latency:
+                continue
+            try:
+                ms = {k: f"{v * 1000:.1f}" for k, v in self.latency.items()}
+                await redis.hset(LATENCY_KEY, mapping=ms)
+                await redis.expire(LATENCY_KEY, 600)
+            except Exception:
+                continue  # Redis down: the API still shows this instance's view
 
     async def _attempt(
         self, target: Target, call: Callable[[Target], Awaitable[T]], deadline: float

@@ -55,6 +55,8 @@ class UsageEvent:
     attempts: int = 0
     fallback: bool = False
     route: str | None = None
+    # Included in cost_usd: what failed attempts were probably billed upstream.
+    failed_cost_usd: Decimal = Decimal(0)
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     id: uuid.UUID = field(default_factory=uuid.uuid4)
 
@@ -237,4 +239,6 @@ def _from_spill(row: dict[str, Any]) -> dict[str, Any]:
     row["id"] = uuid.UUID(row["id"])
     row["created_at"] = datetime.fromisoformat(row["created_at"])
     row["cost_usd"] = Decimal(row["cost_usd"])
+    if "failed_cost_usd" in row:
+        row["failed_cost_usd"] = Decimal(row["failed_cost_usd"])
     return row

@@ -23,7 +23,12 @@ INSERT_SQL = (
 )
 
 # Columns added after 0001: rows spilled by an older version lack them.
-DEFAULTS: dict[str, Any] = {"attempts": 0, "fallback": False, "route": None}
+DEFAULTS: dict[str, Any] = {
+    "attempts": 0,
+    "fallback": False,
+    "route": None,
+    "failed_cost_usd": Decimal(0),
+}
 
 
 async def insert_batch(engine: AsyncEngine, rows: list[dict[str, Any]]) -> None:
