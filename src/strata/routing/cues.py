@@ -12,7 +12,15 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
+
+Tier = Literal["strong", "cheap"]
+
+
+def route(score: float, threshold: float) -> Tier:
+    """Strong at or above the threshold, cheap below."""
+    return "strong" if score >= threshold else "cheap"
+
 
 CHARS_PER_TOKEN = 4  # English, roughly; lengths are log-scaled, so rough is fine
 # Cue regexes scan at most this much of the last message (head and tail: where
