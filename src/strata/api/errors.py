@@ -13,12 +13,14 @@ from strata.util import json_response
 
 
 async def strata_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, StrataError)  # registered for StrataError only
+    if not isinstance(exc, StrataError):  # registered for StrataError only
+        raise exc
     return json_response(exc.to_dict(), exc.status, exc.headers())
 
 
 async def validation_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, RequestValidationError)
+    if not isinstance(exc, RequestValidationError):
+        raise exc
     err = exc.errors()[0]
     loc = tuple(p for p in err["loc"] if p not in ("body", "query", "path", "header"))
     param = _param(loc)
@@ -28,7 +30,8 @@ async def validation_error(request: Request, exc: Exception) -> Response:
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
+    if not isinstance(exc, HTTPException):
+        raise exc
     if exc.status_code == 404:
         err: StrataError = NotFound(
             f"Unknown request URL: {request.method} {request.url.path}", code="unknown_url"

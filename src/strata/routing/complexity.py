@@ -159,7 +159,8 @@ class ComplexityScorer:
     async def similarity_margin(self, text: str) -> float:
         """Mean top-k cosine similarity to strong exemplars minus that to cheap ones."""
         await self.prepare()
-        assert self.embed is not None and self._strong is not None and self._cheap is not None
+        if self.embed is None or self._strong is None or self._cheap is None:
+            raise RuntimeError("similarity needs an embedding function and prepared exemplars")
         vec = _unit(np.asarray(await self.embed([text[:EMBED_MAX_CHARS]]), dtype=np.float32))[0]
         return _top_mean(self._strong @ vec, self.top_k) - _top_mean(self._cheap @ vec, self.top_k)
 
