@@ -41,7 +41,12 @@ TEST_CONFIG: dict[str, Any] = {
         "fake-down": {"type": "fake", "error_status": 503},
     },
     "models": {
-        "default": {"provider": "local", "model": "smollm2-135m-instruct"},
+        # Uncached: tests of the real model must reach the model every time.
+        "default": {
+            "provider": "local",
+            "model": "smollm2-135m-instruct",
+            "cache": {"enabled": False},
+        },
         "embed-default": {
             "kind": "embedding",
             "provider": "local-embed",

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from strata.cache.exact import ExactCache
 from strata.errors import ConfigError
 from strata.gateway.chat import ChatService
 from strata.gateway.embeddings import EmbeddingService
@@ -84,7 +85,7 @@ class Runtime:
             recorder=recorder,
             auth=auth,
             dispatcher=dispatcher,
-            chat=ChatService(dispatcher, auto),
+            chat=ChatService(dispatcher, auto, ExactCache(redis, settings.cache)),
             embeddings=EmbeddingService(dispatcher),
         )
         for p in providers.values():

@@ -80,6 +80,19 @@ class Deployment(BaseModel):
     max_context: int | None = Field(default=None, gt=0)
 
 
+class AliasCache(BaseModel):
+    """Response caching for one alias."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    ttl_s: float | None = Field(default=None, gt=0)  # None: cache.default_ttl_s
+    # One namespace for all tenants: only for aliases whose answers hold no tenant data.
+    shared: bool = False
+    # Cache sampled answers too (temperature > 0 or n > 1): a replay is one sample.
+    cache_sampled: bool = False
+
+
 class AutoRoute(BaseModel):
     """Capability-based routing: score each request, send it to a tier's alias."""
 
@@ -107,6 +120,7 @@ class Alias(BaseModel):
     # Before deployments: the deployments check reads it.
     route: AutoRoute | None = None
     deployments: list[Deployment] = Field(default_factory=list)
+    cache: AliasCache = AliasCache()
     # Within a rank: weighted random, or the deployment with fewest calls in flight.
     strategy: Literal["weighted", "least_inflight"] = "weighted"
     # Attempts beyond the first, across all deployments, per request.
@@ -182,6 +196,15 @@ class BreakerSettings(BaseModel):
     sync_s: float = Field(default=1.0, gt=0)
 
 
+class CacheSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    default_ttl_s: float = Field(default=3600.0, gt=0)
+    # Larger answers are not cached (Redis memory stays bounded).
+    max_entry_bytes: int = Field(default=256 * 1024, gt=0)
+
+
 class RetrySettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -229,6 +252,7 @@ class Settings(BaseSettings):
     local: LocalSettings = LocalSettings()
     breaker: BreakerSettings = BreakerSettings()
     retry: RetrySettings = RetrySettings()
+    cache: CacheSettings = CacheSettings()
     providers: dict[str, ProviderConfig] = Field(default_factory=_default_providers)
     models: dict[str, Alias] = Field(default_factory=_default_models)
 

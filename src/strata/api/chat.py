@@ -7,6 +7,7 @@ from typing import Any
 
 from strata.api.fast import header, read_json, send_json
 from strata.api.sse import SSEResponse
+from strata.gateway.chat import Controls
 from strata.gateway.schemas import ChatRequest, validate
 from strata.observability.logging import request_id_var
 from strata.runtime import Runtime
@@ -21,12 +22,16 @@ async def chat_completions(scope: dict[str, Any], receive: Any, send: Any) -> No
     try:
         body = await read_json(receive)
         validate(ChatRequest, body)
-        forced = header(scope, b"x-strata-tier")
+        controls = Controls(
+            header(scope, b"x-strata-tier"),
+            header(scope, b"x-strata-cache"),
+            header(scope, b"cache-control"),
+        )
         if body.get("stream"):
             meter.event.stream = True
-            stream = await rt.chat.open_stream(body, meter, forced)
+            stream = await rt.chat.open_stream(body, meter, controls)
         else:
-            out = await rt.chat.complete(body, meter, forced)
+            out = await rt.chat.complete(body, meter, controls)
     except asyncio.CancelledError:
         meter.cancelled()
         raise

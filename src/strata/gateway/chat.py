@@ -12,10 +12,12 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import orjson
 
+from strata.cache.exact import BYPASS, ExactCache, Plan, replay_chunks
 from strata.errors import ProviderTimeout, StrataError
 from strata.gateway.meter import Meter
 from strata.providers.base import ChatResult, Provider, estimate_prompt_tokens
@@ -34,26 +36,61 @@ def sse(chunk: dict[str, Any]) -> bytes:
     return b"data: " + orjson.dumps(chunk) + b"\n\n"
 
 
+@dataclass(frozen=True, slots=True)
+class Controls:
+    """Per-request switches from headers: forced tier and cache directives."""
+
+    tier: str | None = None
+    cache: str | None = None  # x-strata-cache: off | refresh | on
+    cache_control: str | None = None  # Cache-Control: no-cache, no-store
+
+
 class ChatService:
-    def __init__(self, dispatcher: Dispatcher, auto: AutoRouter) -> None:
+    def __init__(self, dispatcher: Dispatcher, auto: AutoRouter, cache: ExactCache) -> None:
         self.dispatcher = dispatcher
         self.auto = auto
+        self.cache = cache
 
     async def complete(
-        self, body: dict[str, Any], meter: Meter, forced_tier: str | None = None
+        self, body: dict[str, Any], meter: Meter, controls: Controls = Controls()
     ) -> dict[str, Any]:
+        alias = await self._route(body, meter, controls)
+        plan = self._plan(alias, body, meter, controls)
+        hit = await self.cache.get(plan)
+        meter.event.cache = plan.status
+        if hit is not None:
+            meter.cache_hit(
+                hit.provider, hit.model, (hit.prompt_tokens, hit.completion_tokens), hit.cost_usd
+            )
+            return hit.body
+
         async def call(target: Target) -> ChatResult:
             return await target.provider.chat(body, target.model)
 
-        result = await self._run(body, meter, call, stream=False, forced_tier=forced_tier)
+        result = await self._dispatch(alias, body, meter, call, stream=False)
         meter.first_token()
         meter.tokens(result.prompt_tokens, result.completion_tokens)
+        self._store(plan, alias, result.body, meter)
         return result.body
 
     async def open_stream(
-        self, body: dict[str, Any], meter: Meter, forced_tier: str | None = None
+        self, body: dict[str, Any], meter: Meter, controls: Controls = Controls()
     ) -> ChatStream:
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        alias = await self._route(body, meter, controls)
+        plan = self._plan(alias, body, meter, controls)
+        hit = await self.cache.get(plan)
+        meter.event.cache = plan.status
+        if hit is not None:
+            meter.cache_hit(
+                hit.provider, hit.model, (hit.prompt_tokens, hit.completion_tokens), hit.cost_usd
+            )
+            stream = ChatStream(_replay(hit.body), meter, include_usage)
+            await stream.prime()
+            return stream
+
+        def store(completion: dict[str, Any]) -> None:
+            self._store(plan, alias, completion, meter)
 
         async def call(target: Target) -> ChatStream:
             # Fallbacks happen only here, before the client has seen a token.
@@ -63,29 +100,64 @@ class ChatService:
                 include_usage,
                 estimate_prompt_tokens(body),
                 target.timeout_s,
+                on_complete=store if plan.key is not None and plan.store else None,
             )
             await stream.prime(target.ttft_timeout_s)
             return stream
 
-        return await self._run(body, meter, call, stream=True, forced_tier=forced_tier)
+        return await self._dispatch(alias, body, meter, call, stream=True)
 
-    async def _run(
+    async def _route(self, body: dict[str, Any], meter: Meter, controls: Controls) -> str:
+        alias: str = body["model"]
+        meter.event.alias = alias
+        meter.prompt_estimate = estimate_prompt_tokens(body)
+        if self.auto.is_routed(alias):
+            decision = await self.auto.decide(alias, body, meter.principal, controls.tier)
+            meter.routed(decision)
+            alias = decision.alias
+        return alias
+
+    def _plan(self, alias: str, body: dict[str, Any], meter: Meter, controls: Controls) -> Plan:
+        spec = self.dispatcher.router.aliases.get(alias)
+        if spec is None or spec.kind != "chat":
+            return BYPASS  # the dispatcher answers with the right error
+        targets = self.dispatcher.router.candidates(alias, "chat")
+        plan = self.cache.plan(
+            meter.principal.tenant_id,
+            alias,
+            spec,
+            [t.label for t in targets],
+            body,
+            controls.cache,
+            controls.cache_control,
+        )
+        return plan
+
+    def _store(self, plan: Plan, alias: str, completion: dict[str, Any], meter: Meter) -> None:
+        e = meter.event
+        if plan.key is None or e.provider is None:
+            return
+        cost = meter.pricer.cost(e.provider, e.model or "", e.prompt_tokens, e.completion_tokens)
+        spec = self.dispatcher.router.aliases[alias]
+        self.cache.put(
+            plan,
+            spec,
+            completion,
+            (e.prompt_tokens, e.completion_tokens),
+            e.provider,
+            e.model or "",
+            cost,
+        )
+
+    async def _dispatch(
         self,
+        alias: str,
         body: dict[str, Any],
         meter: Meter,
         call: Callable[[Target], Awaitable[R]],
         *,
         stream: bool,
-        forced_tier: str | None,
     ) -> R:
-        alias = body["model"]
-        meter.event.alias = alias
-        meter.prompt_estimate = estimate_prompt_tokens(body)
-        if self.auto.is_routed(alias):
-            decision = await self.auto.decide(alias, body, meter.principal, forced_tier)
-            meter.routed(decision)
-            alias = decision.alias
-
         def capable(p: Provider) -> bool:
             return (not stream or p.supports_streaming) and (
                 not body.get("tools") or p.supports_tools
@@ -102,6 +174,11 @@ class ChatService:
         )
 
 
+async def _replay(completion: dict[str, Any]) -> AsyncIterator[list[dict[str, Any]]]:
+    # The stored usage closes the replay; ChatStream hides it unless it was asked for.
+    yield replay_chunks(completion, include_usage=True)
+
+
 class ChatStream:
     """SSE bytes for one streamed completion; settles its meter exactly once."""
 
@@ -112,8 +189,14 @@ class ChatStream:
         include_usage: bool,
         prompt_estimate: int = 0,
         timeout_s: float | None = None,
+        on_complete: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.prompt_estimate = prompt_estimate
+        # Collects the answer for the cache (only when it will be stored).
+        self._on_complete = on_complete
+        self._text: list[str] = []
+        self._finish: str | None = None
+        self._last: dict[str, Any] = {}
         # The deployment's total timeout covers the whole stream, from now.
         self._deadline = None if timeout_s is None else time.monotonic() + timeout_s
         self._batches = batches
@@ -147,6 +230,7 @@ class ChatStream:
                             yield out
             yield DONE
             self.meter.ok()
+            self._completed()
         except TimeoutError:
             exc = ProviderTimeout(
                 "the stream exceeded the deployment's timeout",
@@ -188,7 +272,48 @@ class ChatStream:
             chunk["usage"] = None
         self._content_chunks += 1
         self.meter.first_token()
+        if self._on_complete is not None:
+            self._collect(chunk)
         return sse(chunk)
+
+    def _collect(self, chunk: dict[str, Any]) -> None:
+        choices: list[dict[str, Any]] = chunk.get("choices") or []
+        if len(choices) != 1 or choices[0].get("index", 0) != 0:
+            self._on_complete = None  # several choices: not worth reassembling
+            return
+        delta = choices[0].get("delta") or {}
+        if delta.get("tool_calls") or delta.get("function_call"):
+            self._on_complete = None  # tool calls are never cached
+            return
+        if delta.get("content"):
+            self._text.append(delta["content"])
+        self._finish = choices[0].get("finish_reason") or self._finish
+        self._last = chunk
+
+    def _completed(self) -> None:
+        if self._on_complete is None or self._finish is None:
+            return
+        e = self.meter.event
+        self._on_complete(
+            {
+                "id": self._last.get("id", ""),
+                "object": "chat.completion",
+                "created": self._last.get("created", 0),
+                "model": self._last.get("model", ""),
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "".join(self._text)},
+                        "finish_reason": self._finish,
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": e.prompt_tokens,
+                    "completion_tokens": e.completion_tokens,
+                    "total_tokens": e.prompt_tokens + e.completion_tokens,
+                },
+            }
+        )
 
     async def close(self) -> None:
         """Idempotent. A stream that did not finish was cancelled by the client."""

@@ -92,7 +92,9 @@ class Meter:
         e.latency_ms = (time.perf_counter() - self._start) * 1000
         e.attempts = self.outcome.attempts
         e.fallback = self.outcome.fallback
-        if e.provider and (e.prompt_tokens or e.completion_tokens):
+        if e.cache == "hit-exact":
+            e.cost_usd = Decimal(0)
+        elif e.provider and (e.prompt_tokens or e.completion_tokens):
             e.cost_usd = self.pricer.cost(
                 e.provider, e.model or "", e.prompt_tokens, e.completion_tokens
             )
@@ -116,16 +118,27 @@ class Meter:
         score = "" if decision.score is None else f":{decision.score:.3f}"
         self.event.route = f"{decision.tier}:{decision.reason}{score}"
 
+    def cache_hit(self, provider: str, model: str, tokens: tuple[int, int], saved: Decimal) -> None:
+        """Served from cache: costs nothing, and saves what the original call cost."""
+        self.event.cache = "hit-exact"
+        self.event.provider, self.event.model = provider, model
+        self.tokens(*tokens)
+        self.event.saved_usd = saved
+        self.first_token()
+
     def headers(self) -> list[tuple[bytes, bytes]]:
-        """What happened, for the client: x-strata-model, -attempts, -fallback, -route."""
+        """What happened, for the client: x-strata-model, -attempts, -fallback, -route,
+        -cache."""
         o = self.outcome
-        if o.target is None:
-            return []
-        out = [
-            (b"x-strata-model", o.target.label.encode()),
-            (b"x-strata-attempts", str(o.attempts).encode()),
-            (b"x-strata-fallback", b"true" if o.fallback else b"false"),
-        ]
+        out = []
+        if self.event.cache is not None:
+            out.append((b"x-strata-cache", self.event.cache.encode()))
+        if o.target is not None:
+            out += [
+                (b"x-strata-model", o.target.label.encode()),
+                (b"x-strata-attempts", str(o.attempts).encode()),
+                (b"x-strata-fallback", b"true" if o.fallback else b"false"),
+            ]
         if self.decision is not None:
             out.append((b"x-strata-route", self.decision.header()))
         return out

@@ -128,6 +128,12 @@ class EmbeddedRedis:
                 "yes",
                 "--save",
                 "",
+                # Bounded memory: evict keys that expire anyway (cache entries,
+                # stickiness) first; keys without a TTL are never evicted.
+                "--maxmemory",
+                "512mb",
+                "--maxmemory-policy",
+                "volatile-lru",
                 "--logfile",
                 str(self.dir / "redis.log"),
             ],

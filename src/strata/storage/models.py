@@ -97,4 +97,6 @@ class UsageRecord(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     route: Mapped[str | None] = mapped_column(String(100))
     failed_cost_usd: Mapped[Decimal] = mapped_column(Numeric(20, 10), default=Decimal(0))
+    cache: Mapped[str | None] = mapped_column(String(20))
+    saved_usd: Mapped[Decimal] = mapped_column(Numeric(20, 10), default=Decimal(0))
     fallback: Mapped[bool] = mapped_column(Boolean, default=False)

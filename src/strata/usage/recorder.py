@@ -57,6 +57,8 @@ class UsageEvent:
     route: str | None = None
     # Included in cost_usd: what failed attempts were probably billed upstream.
     failed_cost_usd: Decimal = Decimal(0)
+    cache: str | None = None  # hit-exact | miss | bypass (chat only)
+    saved_usd: Decimal = Decimal(0)  # a hit's saving: what the original call cost
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     id: uuid.UUID = field(default_factory=uuid.uuid4)
 
@@ -239,6 +241,7 @@ def _from_spill(row: dict[str, Any]) -> dict[str, Any]:
     row["id"] = uuid.UUID(row["id"])
     row["created_at"] = datetime.fromisoformat(row["created_at"])
     row["cost_usd"] = Decimal(row["cost_usd"])
-    if "failed_cost_usd" in row:
-        row["failed_cost_usd"] = Decimal(row["failed_cost_usd"])
+    for name in ("failed_cost_usd", "saved_usd"):
+        if name in row:
+            row[name] = Decimal(row[name])
     return row

@@ -28,6 +28,8 @@ DEFAULTS: dict[str, Any] = {
     "fallback": False,
     "route": None,
     "failed_cost_usd": Decimal(0),
+    "cache": None,
+    "saved_usd": Decimal(0),
 }
 
 

@@ -1,0 +1,224 @@
+"""Exact response cache in Redis.
+
+A request is cacheable when its answer is reproducible: ``temperature`` 0 (the
+API's default is 1) and one choice, unless the alias or the caller opts in to
+caching sampled answers. Tool calls and errors are never stored. Entries are
+bounded (``cache.max_entry_bytes``) and expire (per-alias TTL); Redis runs with
+an LRU eviction policy when embedded.
+
+Client controls: ``x-strata-cache: off`` bypasses the cache, ``refresh`` (or
+``Cache-Control: no-cache``) skips the lookup but stores the fresh answer,
+``on`` caches a sampled request, ``Cache-Control: no-store`` skips storing.
+
+Policy when Redis is unreachable: requests go uncached (header ``bypass``,
+logged, counted in ``errors``); after a failure the cache is skipped for a few
+seconds so no request waits on a dead Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+from strata.cache.keys import exact_key
+from strata.settings import Alias, CacheSettings
+
+log = logging.getLogger("strata.cache")
+
+# A cache lookup may not hold a request longer than this.
+LOOKUP_TIMEOUT_S = 0.05
+DOWN_BACKOFF_S = 2.0
+
+
+@dataclass(slots=True)
+class Plan:
+    """What to do for one request."""
+
+    key: str | None  # None: bypass
+    lookup: bool
+    store: bool
+    failed: bool = False  # Redis failed: served uncached
+
+    @property
+    def status(self) -> str:
+        return "bypass" if self.key is None or self.failed else "miss"
+
+
+@dataclass(slots=True)
+class Hit:
+    body: dict[str, Any]
+    prompt_tokens: int
+    completion_tokens: int
+    provider: str
+    model: str
+    cost_usd: Decimal  # what the original (missed) call cost
+
+
+BYPASS = Plan(None, False, False)
+
+
+class ExactCache:
+    def __init__(self, redis: Any, settings: CacheSettings) -> None:
+        self.redis = redis
+        self.s = settings
+        self._down_until = 0.0
+        self._pending: set[asyncio.Task[None]] = set()
+        self.hits = self.misses = self.errors = 0
+
+    def plan(
+        self,
+        tenant: str,
+        alias_name: str,
+        alias: Alias,
+        deployments: list[str],
+        body: dict[str, Any],
+        control: str | None,
+        cache_control: str | None,
+    ) -> Plan:
+        if not self.s.enabled or not alias.cache.enabled or control == "off":
+            return BYPASS
+        sampled = (body.get("temperature", 1.0) or 0) > 0 or (body.get("n") or 1) > 1
+        if sampled and not (alias.cache.cache_sampled or control == "on"):
+            return BYPASS
+        directives = {d.strip().lower() for d in (cache_control or "").split(",")}
+        namespace = "shared" if alias.cache.shared else tenant
+        return Plan(
+            exact_key(namespace, alias_name, deployments, body),
+            lookup=control != "refresh" and "no-cache" not in directives,
+            store="no-store" not in directives,
+        )
+
+    async def get(self, plan: Plan) -> Hit | None:
+        if plan.key is None:
+            return None
+        if time.monotonic() < self._down_until:
+            plan.failed = True
+            return None
+        if not plan.lookup:
+            return None
+        try:
+            raw = await asyncio.wait_for(self.redis.get(plan.key), LOOKUP_TIMEOUT_S)
+        except Exception as exc:
+            self._failed(exc)
+            plan.failed = True
+            return None
+        if raw is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        entry = orjson.loads(raw)
+        return Hit(
+            entry["body"],
+            entry["prompt_tokens"],
+            entry["completion_tokens"],
+            entry["provider"],
+            entry["model"],
+            Decimal(entry["cost_usd"]),
+        )
+
+    def put(
+        self,
+        plan: Plan,
+        alias: Alias,
+        body: dict[str, Any],
+        tokens: tuple[int, int],
+        provider: str,
+        model: str,
+        cost: Decimal,
+    ) -> None:
+        """Store in the background: a miss never waits for the write."""
+        if plan.key is None or plan.failed or not plan.store or not storable(body):
+            return
+        raw = orjson.dumps(
+            {
+                "body": body,
+                "prompt_tokens": tokens[0],
+                "completion_tokens": tokens[1],
+                "provider": provider,
+                "model": model,
+                "cost_usd": str(cost),
+            }
+        )
+        if len(raw) > self.s.max_entry_bytes:
+            return
+        ttl = int(alias.cache.ttl_s or self.s.default_ttl_s)
+        task = asyncio.create_task(self._set(plan.key, raw, ttl))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _set(self, key: str, raw: bytes, ttl: int) -> None:
+        try:
+            await self.redis.set(key, raw, ex=max(1, ttl))
+        except Exception as exc:
+            self._failed(exc)
+
+    def _failed(self, exc: Exception) -> None:
+        self.errors += 1
+        self._down_until = time.monotonic() + DOWN_BACKOFF_S
+        log.warning("cache unavailable (%s); serving uncached", type(exc).__name__)
+
+
+def storable(body: dict[str, Any]) -> bool:
+    """Tool calls are actions, not answers: never replay them."""
+    for choice in body.get("choices") or ():
+        if choice.get("finish_reason") == "tool_calls":
+            return False
+        if (choice.get("message") or {}).get("tool_calls"):
+            return False
+    return bool(body.get("choices"))
+
+
+def replay_chunks(body: dict[str, Any], include_usage: bool) -> list[dict[str, Any]]:
+    """A cached completion as ``chat.completion.chunk`` events."""
+    base = {
+        "id": body.get("id", ""),
+        "object": "chat.completion.chunk",
+        "created": body.get("created", 0),
+        "model": body.get("model", ""),
+    }
+    chunks = []
+    for choice in body["choices"]:
+        i = choice.get("index", 0)
+        content = (choice.get("message") or {}).get("content") or ""
+        chunks.append(
+            {
+                **base,
+                "choices": [
+                    {
+                        "index": i,
+                        "delta": {"role": "assistant", "content": ""},
+                        "finish_reason": None,
+                    }
+                ],
+            }
+        )
+        if content:
+            chunks.append(
+                {
+                    **base,
+                    "choices": [{"index": i, "delta": {"content": content}, "finish_reason": None}],
+                }
+            )
+        chunks.append(
+            {
+                **base,
+                "choices": [
+                    {
+                        "index": i,
+                        "delta": {},
+                        "finish_reason": choice.get("finish_reason") or "stop",
+                    }
+                ],
+            }
+        )
+    if include_usage:
+        for c in chunks:
+            c["usage"] = None
+        chunks.append({**base, "choices": [], "usage": body.get("usage")})
+    return chunks
