@@ -134,3 +134,53 @@ async def test_redis_down_means_uncached_not_failed(
         r = await ask(srv, api_key, m)
         assert r.status_code == 200
         assert r.headers["x-strata-cache"] == "bypass"
+
+
+def test_usage_shows_hit_rate_and_savings(
+    server: ServerThread, new_key: Callable[..., NewKey]
+) -> None:
+    import asyncio
+
+    key = new_key(tenant="cache-" + uuid.uuid4().hex[:6], user="ann")
+    m = msg()
+
+    async def run() -> None:
+        for _ in range(4):  # one miss, three hits
+            await ask(server, key, m)
+
+    asyncio.run(run())
+    r = httpx.get(server.base_url + "/v1/usage", headers={"authorization": f"Bearer {key.key}"})
+    [row] = r.json()["data"]
+    assert (row["requests"], row["cache_hits"], row["cache_hit_rate"]) == (4, 3, 0.75)
+    assert float(row["saved_usd"]) == 3 * float(row["cost_usd"])
+
+
+def test_cache_stats_and_purge_by_tenant(
+    server: ServerThread,
+    new_key: Callable[..., NewKey],
+    redis_url: str,
+    database_url: str,
+    monkeypatch: Any,
+) -> None:
+    import asyncio
+
+    from typer.testing import CliRunner
+
+    from strata.cli.main import app
+
+    tenant = "purge-" + uuid.uuid4().hex[:6]
+    key = new_key(tenant=tenant, user="pat")
+    m = msg()
+
+    async def run() -> list[str]:
+        return [(await ask(server, key, m)).headers["x-strata-cache"] for _ in range(2)]
+
+    assert asyncio.run(run()) == ["miss", "hit-exact"]
+    monkeypatch.setenv("STRATA_DATABASE_URL", database_url)
+    monkeypatch.setenv("STRATA_REDIS_URL", redis_url)
+    runner = CliRunner()
+    stats = runner.invoke(app, ["cache", "stats"], catch_exceptions=False)
+    assert stats.exit_code == 0 and tenant in stats.stdout
+    purged = runner.invoke(app, ["cache", "purge", "--tenant", tenant], catch_exceptions=False)
+    assert purged.exit_code == 0 and "purged 1 " in purged.stdout
+    assert asyncio.run(run()) == ["miss", "hit-exact"]

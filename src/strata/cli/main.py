@@ -9,7 +9,7 @@ import uvicorn
 from rich.panel import Panel
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from strata.cli import config_cmd, keys_cmd, models_cmd, route_cmd, usage_cmd
+from strata.cli import cache_cmd, config_cmd, keys_cmd, models_cmd, route_cmd, usage_cmd
 from strata.cli.common import (
     ConfigOpt,
     console,
@@ -33,6 +33,7 @@ app = typer.Typer(
 app.add_typer(keys_cmd.app, name="keys")
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(route_cmd.app, name="route")
+app.add_typer(cache_cmd.app, name="cache")
 app.command("usage")(usage_cmd.usage)
 app.command("models")(models_cmd.models)
 

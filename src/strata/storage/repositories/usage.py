@@ -62,6 +62,8 @@ class UsageRow:
     prompt_tokens: int
     completion_tokens: int
     cost_usd: Decimal
+    cache_hits: int = 0
+    saved_usd: Decimal = Decimal(0)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -74,6 +76,9 @@ class UsageRow:
             "completion_tokens": self.completion_tokens,
             # A string: JSON numbers would lose Decimal's exactness.
             "cost_usd": decimal_str(self.cost_usd),
+            "cache_hits": self.cache_hits,
+            "cache_hit_rate": round(self.cache_hits / self.requests, 4) if self.requests else 0.0,
+            "saved_usd": decimal_str(self.saved_usd),
         }
 
 
@@ -102,6 +107,8 @@ async def summarize(
             func.coalesce(func.sum(UsageRecord.prompt_tokens), 0).label("prompt_tokens"),
             func.coalesce(func.sum(UsageRecord.completion_tokens), 0).label("completion_tokens"),
             func.coalesce(func.sum(UsageRecord.cost_usd), 0).label("cost_usd"),
+            func.count().filter(UsageRecord.cache.like("hit%")).label("cache_hits"),
+            func.coalesce(func.sum(UsageRecord.saved_usd), 0).label("saved_usd"),
         )
         .group_by(literal_column("1"), UsageRecord.alias, UsageRecord.user_id)
         .order_by(literal_column("1"), UsageRecord.alias, UsageRecord.user_id)
@@ -130,6 +137,8 @@ async def summarize(
             prompt_tokens=int(r.prompt_tokens),
             completion_tokens=int(r.completion_tokens),
             cost_usd=Decimal(r.cost_usd),
+            cache_hits=r.cache_hits,
+            saved_usd=Decimal(r.saved_usd),
         )
         for r in rows
     ]
