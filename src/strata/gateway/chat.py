@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from strata.cache.exact import BYPASS, ExactCache, Plan, replay_chunks
+from strata.cache.exact import BYPASS, ExactCache, Hit, Plan, replay_chunks
 from strata.errors import ProviderTimeout, StrataError
 from strata.gateway.meter import Meter
 from strata.providers.base import ChatResult, Provider, estimate_prompt_tokens
@@ -54,14 +54,8 @@ class ChatService:
     async def complete(
         self, body: dict[str, Any], meter: Meter, controls: Controls = Controls()
     ) -> dict[str, Any]:
-        alias = await self._route(body, meter, controls)
-        plan = self._plan(alias, body, meter, controls)
-        hit = await self.cache.get(plan)
-        meter.event.cache = plan.status
+        alias, plan, hit = await self._lookup(body, meter, controls)
         if hit is not None:
-            meter.cache_hit(
-                hit.provider, hit.model, (hit.prompt_tokens, hit.completion_tokens), hit.cost_usd
-            )
             return hit.body
 
         async def call(target: Target) -> ChatResult:
@@ -77,14 +71,8 @@ class ChatService:
         self, body: dict[str, Any], meter: Meter, controls: Controls = Controls()
     ) -> ChatStream:
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        alias = await self._route(body, meter, controls)
-        plan = self._plan(alias, body, meter, controls)
-        hit = await self.cache.get(plan)
-        meter.event.cache = plan.status
+        alias, plan, hit = await self._lookup(body, meter, controls)
         if hit is not None:
-            meter.cache_hit(
-                hit.provider, hit.model, (hit.prompt_tokens, hit.completion_tokens), hit.cost_usd
-            )
             stream = ChatStream(_replay(hit.body), meter, include_usage)
             await stream.prime()
             return stream
@@ -106,6 +94,18 @@ class ChatService:
             return stream
 
         return await self._dispatch(alias, body, meter, call, stream=True)
+
+    async def _lookup(
+        self, body: dict[str, Any], meter: Meter, controls: Controls
+    ) -> tuple[str, Plan, Hit | None]:
+        """Route (for auto aliases), then ask the cache; a hit is metered here."""
+        alias = await self._route(body, meter, controls)
+        plan = self._plan(alias, body, meter, controls)
+        hit = await self.cache.get(plan)
+        meter.event.cache = plan.status
+        if hit is not None:
+            meter.cache_hit(hit)
+        return alias, plan, hit
 
     async def _route(self, body: dict[str, Any], meter: Meter, controls: Controls) -> str:
         alias: str = body["model"]

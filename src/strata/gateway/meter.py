@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from decimal import Decimal
 
+from strata.cache.exact import Hit
 from strata.errors import StrataError
 from strata.routing.auto import Decision
 from strata.routing.dispatch import Outcome
@@ -118,12 +119,12 @@ class Meter:
         score = "" if decision.score is None else f":{decision.score:.3f}"
         self.event.route = f"{decision.tier}:{decision.reason}{score}"
 
-    def cache_hit(self, provider: str, model: str, tokens: tuple[int, int], saved: Decimal) -> None:
+    def cache_hit(self, hit: Hit) -> None:
         """Served from cache: costs nothing, and saves what the original call cost."""
         self.event.cache = "hit-exact"
-        self.event.provider, self.event.model = provider, model
-        self.tokens(*tokens)
-        self.event.saved_usd = saved
+        self.event.provider, self.event.model = hit.provider, hit.model
+        self.tokens(hit.prompt_tokens, hit.completion_tokens)
+        self.event.saved_usd = hit.cost_usd
         self.first_token()
 
     def headers(self) -> list[tuple[bytes, bytes]]:
