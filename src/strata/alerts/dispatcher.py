@@ -193,7 +193,7 @@ class AlertDispatcher:
             # PostgreSQL down: Redis (if it answered) already made this instance the
             # only sender; if it did not either, deliver rather than stay silent.
             log.warning(
-                "alert not recorded: PostgreSQL unavailable",
+                "alert not recorded: PostgreSQL failed",
                 extra={"dedupe_key": key, "error": type(exc).__name__},
             )
             rows = {s.name: None for s in senders}
