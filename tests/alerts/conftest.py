@@ -116,14 +116,16 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
 async def make_dispatcher(
     redis_url: str, database_url: str, engine: AsyncEngine
 ) -> AsyncIterator[Callable[..., AlertDispatcher]]:
-    """make_dispatcher(settings, redis_url=None): one "instance" with its own Redis
+    """make_dispatcher(settings, redis=None, database=None): one "instance" with its own Redis
     client and engine. All instances of one test share a Redis key prefix."""
     prefix = f"test:alert:{uuid.uuid4().hex[:8]}:"
     made: list[tuple[AlertDispatcher, Any, AsyncEngine]] = []
 
-    def make(settings: AlertsSettings, *, redis: str | None = None) -> AlertDispatcher:
+    def make(
+        settings: AlertsSettings, *, redis: str | None = None, database: str | None = None
+    ) -> AlertDispatcher:
         client = aioredis.from_url(redis or redis_url, socket_timeout=2, socket_connect_timeout=2)
-        eng = make_engine(database_url, pool_size=2)
+        eng = make_engine(database or database_url, pool_size=2)
         d = AlertDispatcher(client, eng, settings, prefix=prefix)
         made.append((d, client, eng))
         return d

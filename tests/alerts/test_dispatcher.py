@@ -133,6 +133,25 @@ async def test_redis_down_dedupes_through_postgres(
     assert "Redis unavailable" in caplog.text
 
 
+async def test_postgres_down_still_delivers_once(
+    receiver: Receiver,
+    make_dispatcher: Callable[..., AlertDispatcher],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    cfg = settings({"type": "webhook", "name": "hook", "url": receiver.url("hook")})
+    dead = f"postgresql://strata@127.0.0.1:{free_port()}/strata"
+    a, b = make_dispatcher(cfg, database=dead), make_dispatcher(cfg, database=dead)
+    with caplog.at_level(logging.WARNING, logger="strata.alerts"):
+        await asyncio.gather(*(d.fire(budget_alert(scope_id())) for d in (a, b)))
+    # Different alerts above; the same one below: Redis alone keeps it to one.
+    sid = scope_id()
+    await asyncio.gather(*(d.fire(budget_alert(sid)) for d in (a, b) for _ in range(3)))
+    await asyncio.gather(a.wait_idle(), b.wait_idle())
+    assert len(receiver.posts["hook"]) == 3
+    assert sum(p["scope_id"] == sid for p in receiver.posts["hook"]) == 1
+    assert "alert not recorded" in caplog.text
+
+
 async def test_retries_until_the_receiver_recovers(
     receiver: Receiver,
     make_dispatcher: Callable[..., AlertDispatcher],
@@ -263,10 +282,11 @@ async def test_daily_deployment_spend_alerts_once_a_day(
     day = datetime(2031, 1, 1, tzinfo=UTC) + timedelta(days=int.from_bytes(os.urandom(2)))
     await a.check_daily_spend(Decimal("24.99"), day)
     await a.check_daily_spend(Decimal("25.00"), day + timedelta(hours=1))
+    await a.wait_idle()
     await b.check_daily_spend(Decimal("31"), day + timedelta(hours=2))
     await a.check_daily_spend(Decimal("26"), day + timedelta(days=1))
     await asyncio.gather(a.wait_idle(), b.wait_idle())
-    posts = receiver.posts["hook"]
+    posts = sorted(receiver.posts["hook"], key=lambda p: p["period_start"])
     assert [(p["kind"], p["period_start"], p["spent_usd"]) for p in posts] == [
         ("daily_spend", day.date().isoformat(), "25.00"),
         ("daily_spend", (day + timedelta(days=1)).date().isoformat(), "26"),
