@@ -122,11 +122,15 @@ async def make_dispatcher(
     made: list[tuple[AlertDispatcher, Any, AsyncEngine]] = []
 
     def make(
-        settings: AlertsSettings, *, redis: str | None = None, database: str | None = None
+        settings: AlertsSettings,
+        *,
+        redis: str | None = None,
+        database: str | None = None,
+        **kw: Any,
     ) -> AlertDispatcher:
         client = aioredis.from_url(redis or redis_url, socket_timeout=2, socket_connect_timeout=2)
         eng = make_engine(database or database_url, pool_size=2)
-        d = AlertDispatcher(client, eng, settings, prefix=prefix)
+        d = AlertDispatcher(client, eng, settings, prefix=prefix, **kw)
         made.append((d, client, eng))
         return d
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import uuid
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -19,6 +20,7 @@ from strata.alerts import Alert, AlertsSettings
 from strata.alerts.dispatcher import AlertDispatcher
 from strata.errors import ConfigError
 from strata.storage.repositories import alerts as repo
+from strata.storage.repositories import usage as usage_repo
 from tests.alerts.conftest import Mailbox, Receiver, scope_id
 from tests.conftest import free_port
 
@@ -292,6 +294,65 @@ async def test_daily_deployment_spend_alerts_once_a_day(
         ("daily_spend", (day + timedelta(days=1)).date().isoformat(), "26"),
     ]
     assert posts[0]["cap_usd"] == "25"
+
+
+async def test_daily_watch_sums_recorded_usage(
+    receiver: Receiver,
+    make_dispatcher: Callable[..., AlertDispatcher],
+    engine: AsyncEngine,
+) -> None:
+    # A day of its own, far from real traffic in the shared database.
+    day = datetime(2040, 1, 1, tzinfo=UTC) + timedelta(days=int.from_bytes(os.urandom(2)))
+    base: dict[str, Any] = {
+        "tenant_id": "acme",
+        "user_id": "alice",
+        "key_id": "key_alerts",
+        "endpoint": "chat",
+        "alias": "fake",
+        "prompt_tokens": 1,
+        "completion_tokens": 1,
+        "latency_ms": 1.0,
+        "stream": False,
+        "status": "ok",
+        "status_code": 200,
+    }
+    await usage_repo.insert_batch(
+        engine,
+        [
+            {
+                **base,
+                "id": uuid.uuid4(),
+                "request_id": "alerts-watch",
+                "created_at": at,
+                "cost_usd": c,
+            }
+            for at, c in (
+                (day - timedelta(minutes=1), Decimal(100)),  # yesterday: not counted
+                (day + timedelta(hours=1), Decimal("12.5")),
+                (day + timedelta(hours=2), Decimal("12.5")),
+            )
+        ],
+    )
+    cfg = settings(
+        {"type": "webhook", "name": "hook", "url": receiver.url("hook")},
+        daily_alert_usd="25",
+        daily_check_interval_s=0.02,
+    )
+    clock = day + timedelta(hours=3)
+    dispatchers = [make_dispatcher(cfg, clock=lambda: clock) for _ in range(2)]
+    for d in dispatchers:
+        d.start_daily_watch()
+    for _ in range(100):
+        await asyncio.sleep(0.02)
+        if receiver.posts.get("hook"):
+            break
+    await asyncio.sleep(0.1)  # more checks on both instances: still one alert
+    (post,) = receiver.posts["hook"]
+    assert (post["kind"], post["period_start"], post["spent_usd"]) == (
+        "daily_spend",
+        day.date().isoformat(),
+        "25.0000000000",
+    )
 
 
 async def test_fire_does_not_wait_for_delivery(

@@ -29,6 +29,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -68,11 +69,13 @@ class AlertDispatcher:
         *,
         session: aiohttp.ClientSession | None = None,
         prefix: str = PREFIX,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.redis = redis
         self.engine = engine
         self.settings = settings
         self.prefix = prefix
+        self.clock = clock  # UTC; tests inject one to cross period boundaries
         self._session = session
         self._own_session = session is None
         # Secrets resolve here (fail at start-up); the HTTP session opens on first use.
@@ -87,15 +90,13 @@ class AlertDispatcher:
             self._session = aiohttp.ClientSession()
         return self._session
 
-    # -- firing --------------------------------------------------------------
-
     async def fire(self, alert: Alert) -> None:
         """Schedule delivery unless this instance has already handled the alert."""
         if not self.settings.enabled or not self.senders or self._closed:
             return
         if not self._remember(alert):
             return
-        task = asyncio.create_task(self._claim_and_deliver(alert), name="strata-alert")
+        task = asyncio.create_task(self._background(alert), name="strata-alert")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -112,7 +113,7 @@ class AlertDispatcher:
         """Fire a ``budget_threshold`` alert for every configured threshold ``spent``
         has reached. Cheap enough to call after every settle: repeats are dropped
         in-process."""
-        start = period_start(period, at)
+        start = period_start(period, at or self.clock())
         for t in crossed(spent, cap, self.settings.thresholds):
             await self.fire(
                 Alert(
@@ -138,7 +139,7 @@ class AlertDispatcher:
                 scope="deployment",
                 scope_id="*",
                 period="day",
-                period_start=period_start("day", at),
+                period_start=period_start("day", at or self.clock()),
                 threshold=1.0,
                 spent=total_today,
                 cap=cap,
@@ -154,7 +155,7 @@ class AlertDispatcher:
 
     async def _daily_watch(self) -> None:
         while True:
-            now = datetime.now(UTC)
+            now = self.clock()
             try:
                 spent = await repo.spend_since(self.engine, today_start(now))
                 await self.check_daily_spend(spent, now)
@@ -162,7 +163,12 @@ class AlertDispatcher:
                 log.warning("daily spend check failed", extra={"error": type(exc).__name__})
             await asyncio.sleep(self.settings.daily_check_interval_s)
 
-    # -- delivering ----------------------------------------------------------
+    async def _background(self, alert: Alert) -> None:
+        try:
+            await self._claim_and_deliver(alert)
+        except Exception:
+            # A bug here must not surface as an unretrieved task exception.
+            log.exception("alert dispatch failed", extra={"dedupe_key": alert.dedupe_key})
 
     async def send(self, alert: Alert, channel: str | None = None) -> dict[str, str | None]:
         """Claim and deliver now, waiting for the outcome (``strata alerts test``).
@@ -269,8 +275,6 @@ class AlertDispatcher:
             )
         except Exception as exc:
             log.warning("alert attempt not recorded", extra={"error": type(exc).__name__})
-
-    # -- lifecycle -----------------------------------------------------------
 
     def _remember(self, alert: Alert) -> bool:
         """False if this process has already handled the alert."""
