@@ -103,11 +103,6 @@ async def smtp() -> AsyncIterator[tuple[Mailbox, int]]:
 @pytest.fixture
 async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
     e = make_engine(database_url, pool_size=2)
-    # TEMPORARY until migration 0008 is in the chain (it needs 0007).
-    from strata.storage.repositories.alerts import _meta
-
-    async with e.begin() as conn:
-        await conn.run_sync(_meta.create_all)
     yield e
     await e.dispose()
 
