@@ -1,0 +1,36 @@
+"""Rate limits and budgets shared by every instance through Redis.
+
+``rate.RateLimiter`` (GCRA, one round trip per request for all limits) and
+``budget.Budgets`` (reserve the worst case, settle the actual); their settings in
+``config``, per-subject overrides from PostgreSQL in ``overrides``.
+"""
+
+from strata.limits.budget import (
+    BudgetExceeded,
+    Budgets,
+    Crossing,
+    Reservation,
+    Subject,
+    worst_case_usd,
+)
+from strata.limits.config import BudgetCaps, BudgetsSettings, LimitsSettings, RuleSet
+from strata.limits.overrides import Overrides
+from strata.limits.rate import Decision, Quota, RateLimiter, format_duration
+
+__all__ = [
+    "BudgetCaps",
+    "BudgetExceeded",
+    "Budgets",
+    "BudgetsSettings",
+    "Crossing",
+    "Decision",
+    "LimitsSettings",
+    "Overrides",
+    "Quota",
+    "RateLimiter",
+    "Reservation",
+    "RuleSet",
+    "Subject",
+    "format_duration",
+    "worst_case_usd",
+]

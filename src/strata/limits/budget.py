@@ -1,0 +1,557 @@
+"""Spend caps per key, user and tenant: reserve the worst case, settle the actual.
+
+Periods: calendar days and months in UTC. A day resets at 00:00:00 UTC, a month
+at 00:00:00 UTC on its first day. A reservation belongs to the period it was made
+in: a call that starts at 23:59:59 is settled against that day.
+
+Redis: one hash per subject and period, ``strata:budget:{scope}:{subject}:d:YYYYMMDD``
+(or ``:m:YYYYMM``), fields ``spent`` and ``reserved`` as integers of 1e-10 USD
+(the precision of usage records), expiring a day after the period ends.
+
+Reserve (one Lua script, one round trip): every cap that applies (key, user,
+tenant x day, month) is checked against ``spent + reserved + worst_case``; only
+if all fit is ``worst_case`` added to ``reserved`` of each, so concurrent calls can
+never reserve beyond a cap, and settled spend exceeds a cap by at most what calls
+cost beyond their own worst case. Spend is tracked for every subject, capped or
+not (``strata budgets show``, and a cap set mid-period counts what was spent).
+
+Settle (one script): releases the reservation and adds the actual cost, once. The
+reservation's record (``strata:budget:res:{id}``) is deleted by the first settle;
+a second settle finds nothing and does nothing. A reservation whose instance died
+is released by later reserves once ``reservation_ttl_s`` has passed (its record
+becomes a tombstone, so a late settle still charges exactly once).
+
+Soft limit: ``soft_pct`` of a cap; a reservation beyond it passes and reports
+``soft_exceeded``. Alerts: each settle reports the ``alert_thresholds`` of each cap
+(and the deployment-wide ``daily_alert_usd``) that this settle's spend crossed;
+an increment crosses a value at most once, so each crossing is reported by
+exactly one settle in the whole deployment.
+
+Failure policy: each call waits at most ``redis_timeout_s``; on an error Redis is
+skipped for ``down_backoff_s``, logged once per outage, counted in ``errors``.
+While down, caps are enforced in this instance from the last spend it saw in
+Redis (updated by every reserve and settle; a subject it never saw starts at 0)
+plus what it reserved and spent since. Settles made while down are queued and
+applied when Redis answers again, each exactly once (a reservation made in Redis
+by its record; one made in memory by a marker ``strata:budget:replayed:{id}``).
+Crossings found while replaying go to ``on_crossing``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
+from typing import Any, Literal
+
+from redis.exceptions import NoScriptError, RedisError
+
+from strata.errors import StrataError
+from strata.limits.config import BudgetCaps, BudgetsSettings
+from strata.limits.overrides import Overrides, merged, user_subject
+from strata.limits.rate import _sha
+
+log = logging.getLogger("strata.limits")
+
+PREFIX = "strata:budget"
+# Amounts in Redis are integers of this many USD: exact, like usage records' numeric(20,10).
+UNIT = Decimal("1e-10")
+# Period hashes outlive their period by this much (``budgets show`` of yesterday).
+PERIOD_MARGIN = timedelta(days=1)
+# A reservation's record outlives its deadline this long (a late settle still finds it).
+RECORD_MARGIN_MS = 86_400_000
+# Markers of settles replayed after an outage: long enough for any outage and replay.
+REPLAY_MARKER_TTL_S = 7 * 86_400
+# Stale reservations released per reserve call (bounded work on the hot path).
+SWEEP_BATCH = 20
+REPLAY_TIMEOUT_S = 2.0
+
+Period = Literal["day", "month"]
+
+RESERVE_SCRIPT = """
+local now = tonumber(ARGV[1])
+local stale = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[7]))
+for _, rid in ipairs(stale) do
+  local rkey = ARGV[6] .. rid
+  local rec = redis.call('GET', rkey)
+  if rec and rec ~= 'x' then
+    local amount = nil
+    for part in string.gmatch(rec, '[^\\n]+') do
+      if amount == nil then amount = part
+      elseif amount ~= '0' then redis.call('HINCRBY', part, 'reserved', '-' .. amount) end
+    end
+    redis.call('SET', rkey, 'x', 'PX', ARGV[5])
+  end
+  redis.call('ZREM', KEYS[1], rid)
+end
+local worst = tonumber(ARGV[3])
+local n = #KEYS - 2
+local out = {1, 0}
+for i = 1, n do
+  local v = redis.call('HMGET', KEYS[i+2], 'spent', 'reserved')
+  local spent, reserved = v[1] or '0', v[2] or '0'
+  local cap = tonumber(ARGV[6 + 2*i])
+  if cap >= 0 and tonumber(spent) + tonumber(reserved) + worst > cap then
+    return {0, i, spent, reserved}
+  end
+  out[2*i+1], out[2*i+2] = spent, reserved
+end
+local rec = ARGV[3]
+for i = 1, n do
+  local key = KEYS[i+2]
+  if worst > 0 then redis.call('HINCRBY', key, 'reserved', ARGV[3]) end
+  redis.call('EXPIREAT', key, ARGV[7 + 2*i])
+  rec = rec .. '\\n' .. key
+end
+redis.call('SET', KEYS[2], rec, 'PX', math.floor(tonumber(ARGV[4]) - now) + tonumber(ARGV[5]))
+redis.call('ZADD', KEYS[1], ARGV[4], ARGV[2])
+return out
+"""
+
+SETTLE_SCRIPT = """
+if ARGV[3] == 'l' then
+  if not redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[4]) then return {0} end
+else
+  local rec = redis.call('GET', KEYS[2])
+  if not rec then return {0} end
+  redis.call('DEL', KEYS[2])
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  if rec ~= 'x' then
+    local amount = nil
+    for part in string.gmatch(rec, '[^\\n]+') do
+      if amount == nil then amount = part
+      elseif amount ~= '0' then redis.call('HINCRBY', part, 'reserved', '-' .. amount) end
+    end
+  end
+end
+local out = {1}
+for i = 4, #KEYS do
+  redis.call('HINCRBY', KEYS[i], 'spent', ARGV[2])
+  local v = redis.call('HMGET', KEYS[i], 'spent', 'reserved')
+  out[#out+1] = v[1]
+  out[#out+1] = v[2] or '0'
+  redis.call('EXPIREAT', KEYS[i], ARGV[i+1])
+end
+return out
+"""
+
+_SHAS = {RESERVE_SCRIPT: _sha(RESERVE_SCRIPT), SETTLE_SCRIPT: _sha(SETTLE_SCRIPT)}
+
+
+def to_units(usd: Decimal, rounding: str = ROUND_HALF_UP) -> int:
+    return int((usd / UNIT).to_integral_value(rounding))
+
+
+def from_units(units: int) -> Decimal:
+    return (Decimal(units) * UNIT).normalize()
+
+
+def worst_case_usd(
+    prompt_tokens: int, max_tokens: int, price_in_per_1m: Decimal, price_out_per_1m: Decimal
+) -> Decimal:
+    """The most a call can cost: its prompt plus ``max_tokens`` of output."""
+    return (prompt_tokens * price_in_per_1m + max_tokens * price_out_per_1m) / Decimal(1_000_000)
+
+
+def period_start(period: Period, at: datetime) -> date:
+    d = at.astimezone(UTC).date()
+    return d if period == "day" else d.replace(day=1)
+
+
+def period_end(period: Period, start: date) -> datetime:
+    if period == "day":
+        nxt = start + timedelta(days=1)
+    else:
+        nxt = (start.replace(day=28) + timedelta(days=4)).replace(day=1)
+    return datetime(nxt.year, nxt.month, nxt.day, tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Subject:
+    """One budget subject: ``scope`` key|user|tenant, ``id`` as overrides name it."""
+
+    scope: str
+    id: str
+    caps: BudgetCaps
+
+
+@dataclass(frozen=True, slots=True)
+class Slot:
+    """One subject in one period: a Redis hash."""
+
+    scope: str
+    id: str
+    period: Period
+    start: date
+    key: str
+    cap: int | None  # units
+    soft: int | None  # units
+    expire_at: int  # unix seconds
+
+
+@dataclass(frozen=True, slots=True)
+class Crossing:
+    """Spend crossed ``threshold`` x ``cap`` (maps onto ``strata.alerts.events.Alert``)."""
+
+    kind: Literal["budget_threshold", "daily_spend"]
+    scope: str  # key | user | tenant | deployment
+    scope_id: str
+    period: Period
+    period_start: date
+    threshold: float
+    spent: Decimal
+    cap: Decimal
+
+
+@dataclass(slots=True)
+class Reservation:
+    id: str
+    worst_units: int
+    slots: tuple[Slot, ...]  # reserved against (and charged)
+    charge_only: tuple[Slot, ...] = ()  # charged, never capped (deployment-wide)
+    local: bool = False  # made in memory while Redis was unreachable
+    soft_exceeded: list[tuple[str, str, Period]] = field(default_factory=list)
+    settled: bool = False
+
+    @property
+    def worst_case_usd(self) -> Decimal:
+        return from_units(self.worst_units)
+
+
+class BudgetExceeded(StrataError):
+    """A spend cap would be exceeded (429 ``insufficient_quota``, or 402 if configured)."""
+
+    status = 429
+    type = "insufficient_quota"
+    code = "budget_exceeded"
+
+    def __init__(
+        self,
+        scope: str,
+        subject: str,
+        period: Period,
+        cap: Decimal,
+        resets_at: datetime,
+        *,
+        status: int = 429,
+        now: datetime | None = None,
+    ) -> None:
+        when = resets_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+        label = "daily" if period == "day" else "monthly"
+        wait = (resets_at - (now or datetime.now(UTC))).total_seconds()
+        super().__init__(
+            f"The {label} budget of ${cap} for {scope} {subject!r} is spent; "
+            f"it resets at {when} (UTC).",
+            retry_after=max(1.0, wait),
+        )
+        self.status = status
+        self.scope, self.subject, self.period = scope, subject, period
+        self.cap, self.resets_at = cap, resets_at
+
+
+class Budgets:
+    """Reserve before a call, settle after it (see the module docstring)."""
+
+    def __init__(
+        self,
+        redis: Any,
+        settings: BudgetsSettings,
+        *,
+        overrides: Overrides | None = None,
+        clock: Callable[[], datetime] | None = None,
+        prefix: str = PREFIX,
+        on_crossing: Callable[[list[Crossing]], Any] | None = None,
+    ) -> None:
+        self.redis = redis
+        self.s = settings
+        self.overrides = overrides or Overrides()
+        self.clock = clock or (lambda: datetime.now(UTC))
+        self.prefix = prefix
+        self.on_crossing = on_crossing
+        self.errors = 0
+        self._down = False
+        self._down_until = 0.0
+        # key -> [spent, reserved] units as last seen in Redis, plus local changes.
+        self._view: dict[str, list[int]] = {}
+        # Settles made while Redis was unreachable, by reservation id, in order.
+        self._queued: dict[str, tuple[Reservation, int]] = {}
+        self._replay_task: asyncio.Task[None] | None = None
+
+    def subjects(self, *, tenant: str, user: str | None, key: str | None) -> list[Subject]:
+        """The budget subjects of a request: defaults merged with overrides."""
+        out = []
+        for scope, sid in (
+            ("key", key),
+            ("user", user_subject(tenant, user) if user is not None else None),
+            ("tenant", tenant),
+        ):
+            if sid is not None:
+                caps = merged(getattr(self.s, scope), self.overrides.caps(scope, sid))
+                out.append(Subject(scope, sid, caps))
+        return out
+
+    def _slots(self, subjects: Sequence[Subject], now: datetime) -> list[Slot]:
+        out = []
+        for sub in subjects:
+            caps, soft = sub.caps, sub.caps.soft_pct
+            out.append(self._slot(sub.scope, sub.id, "day", now, caps.daily_usd, soft))
+            out.append(self._slot(sub.scope, sub.id, "month", now, caps.monthly_usd, soft))
+        return out
+
+    def _slot(
+        self,
+        scope: str,
+        sid: str,
+        period: Period,
+        now: datetime,
+        cap_usd: Decimal | None,
+        soft_pct: float | None = None,
+    ) -> Slot:
+        start = period_start(period, now)
+        stamp = start.strftime("%Y%m%d") if period == "day" else start.strftime("%Y%m")
+        cap = to_units(cap_usd, ROUND_HALF_UP) if cap_usd is not None else None
+        soft = None
+        if cap is not None and soft_pct is not None:
+            soft = to_units(cap_usd * Decimal(str(soft_pct)) / 100)  # type: ignore[operator]
+        return Slot(
+            scope,
+            sid,
+            period,
+            start,
+            f"{self.prefix}:{scope}:{sid}:{period[0]}:{stamp}",
+            cap,
+            soft,
+            int((period_end(period, start) + PERIOD_MARGIN).timestamp()),
+        )
+
+    async def reserve(self, subjects: Sequence[Subject], worst_case_usd: Decimal) -> Reservation:
+        """Reserve ``worst_case_usd`` against every cap, or raise ``BudgetExceeded``."""
+        now = self.clock()
+        slots = self._slots(subjects, now)
+        worst = max(0, to_units(worst_case_usd, ROUND_CEILING))
+        res = Reservation(uuid.uuid4().hex, worst, tuple(slots), self._charge_only(now))
+        if self._redis_usable():
+            now_ms = int(now.timestamp() * 1000)
+            deadline = now_ms + int(self.s.reservation_ttl_s * 1000)
+            args: list[Any] = [
+                now_ms,
+                res.id,
+                worst,
+                deadline,
+                RECORD_MARGIN_MS,
+                f"{self.prefix}:res:",
+                SWEEP_BATCH,
+            ]
+            for s in slots:
+                args += [s.cap if s.cap is not None else -1, s.expire_at]
+            keys = [self._pending_key, self._record_key(res.id), *(s.key for s in slots)]
+            try:
+                async with asyncio.timeout(self.s.redis_timeout_s):
+                    raw = await self._eval(RESERVE_SCRIPT, keys, args)
+            except (RedisError, OSError, TimeoutError) as exc:
+                self._failed(exc)
+            else:
+                self._recovered()
+                if not int(raw[0]):
+                    slot = slots[int(raw[1]) - 1]
+                    self._view[slot.key] = [int(raw[2]), int(raw[3])]
+                    raise self._exceeded(slot, now)
+                for i, s in enumerate(slots):
+                    spent, reserved = int(raw[2 + 2 * i]), int(raw[3 + 2 * i])
+                    self._view[s.key] = [spent, reserved + worst]
+                    if s.soft is not None and spent + reserved + worst > s.soft:
+                        res.soft_exceeded.append((s.scope, s.id, s.period))
+                return res
+        # Redis unreachable: enforce from the last spend seen, in memory.
+        res.local = True
+        for s in slots:
+            spent, reserved = self._view.get(s.key, (0, 0))
+            if s.cap is not None and spent + reserved + worst > s.cap:
+                raise self._exceeded(s, now)
+        for s in slots:
+            v = self._view.setdefault(s.key, [0, 0])
+            if s.soft is not None and v[0] + v[1] + worst > s.soft:
+                res.soft_exceeded.append((s.scope, s.id, s.period))
+            v[1] += worst
+        self._trim_view()
+        return res
+
+    async def settle(self, reservation: Reservation, actual_usd: Decimal) -> list[Crossing]:
+        """Replace the reservation by the actual cost (once; later calls do nothing).
+
+        Returns the alert thresholds this settle crossed (empty while Redis is down:
+        those are reported to ``on_crossing`` when the settle is replayed)."""
+        if reservation.settled:
+            return []
+        reservation.settled = True
+        actual = max(0, to_units(actual_usd))
+        if self._redis_usable():
+            try:
+                async with asyncio.timeout(self.s.redis_timeout_s):
+                    crossings = await self._settle_in_redis(reservation, actual)
+            except (RedisError, OSError, TimeoutError) as exc:
+                self._failed(exc)
+            else:
+                self._recovered()
+                return crossings
+        for s in reservation.slots + reservation.charge_only:
+            v = self._view.setdefault(s.key, [0, 0])
+            v[0] += actual
+            if s in reservation.slots:
+                v[1] = max(0, v[1] - reservation.worst_units)
+        self._queued[reservation.id] = (reservation, actual)
+        return []
+
+    async def _settle_in_redis(self, res: Reservation, actual: int) -> list[Crossing]:
+        slots = res.slots + res.charge_only
+        keys = [
+            self._pending_key,
+            self._record_key(res.id),
+            f"{self.prefix}:replayed:{res.id}",
+            *(s.key for s in slots),
+        ]
+        args: list[Any] = [res.id, actual, "l" if res.local else "r", REPLAY_MARKER_TTL_S]
+        args += [s.expire_at for s in slots]
+        raw = await self._eval(SETTLE_SCRIPT, keys, args)
+        if not int(raw[0]):
+            return []  # settled before (a replay whose first attempt did reach Redis)
+        out: list[Crossing] = []
+        for i, s in enumerate(slots):
+            spent, reserved = int(raw[1 + 2 * i]), int(raw[2 + 2 * i])
+            self._view[s.key] = [spent, reserved]
+            out += self._crossings(s, spent - actual, spent)
+        return out
+
+    def _crossings(self, s: Slot, before: int, after: int) -> list[Crossing]:
+        if s.cap is None or after <= before:
+            return []
+        if s.scope == "deployment":
+            kind: Literal["budget_threshold", "daily_spend"] = "daily_spend"
+            thresholds = [1.0]
+        else:
+            kind, thresholds = "budget_threshold", self.s.alert_thresholds
+        out = []
+        for t in thresholds:
+            mark = s.cap * Decimal(str(t))
+            if before < mark <= after:
+                out.append(
+                    Crossing(
+                        kind,
+                        s.scope,
+                        s.id,
+                        s.period,
+                        s.start,
+                        t,
+                        from_units(after),
+                        from_units(s.cap),
+                    )
+                )
+        return out
+
+    def _charge_only(self, now: datetime) -> tuple[Slot, ...]:
+        if self.s.daily_alert_usd is None:
+            return ()
+        return (self._slot("deployment", "all", "day", now, self.s.daily_alert_usd),)
+
+    async def spend(self, scope: str, subject: str) -> dict[str, Decimal]:
+        """Spend this day and month (UTC) of one subject; from memory if Redis is down."""
+        now = self.clock()
+        day = self._slot(scope, subject, "day", now, None)
+        month = self._slot(scope, subject, "month", now, None)
+        try:
+            async with asyncio.timeout(max(self.s.redis_timeout_s, 1.0)):
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    pipe.hget(day.key, "spent")
+                    pipe.hget(month.key, "spent")
+                    d, m = await pipe.execute()
+            values = [int(d or 0), int(m or 0)]
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._failed(exc)
+            values = [self._view.get(k, [0, 0])[0] for k in (day.key, month.key)]
+        return {"day": from_units(values[0]), "month": from_units(values[1])}
+
+    async def replay(self) -> int:
+        """Apply the settles queued while Redis was down; returns how many were applied.
+
+        Safe to repeat or to run on several instances: each applies at most once."""
+        done = 0
+        for rid, (res, actual) in list(self._queued.items()):
+            async with asyncio.timeout(REPLAY_TIMEOUT_S):
+                crossings = await self._settle_in_redis(res, actual)
+            self._queued.pop(rid, None)
+            done += 1
+            if crossings and self.on_crossing is not None:
+                self.on_crossing(crossings)
+        return done
+
+    @property
+    def queued(self) -> int:
+        return len(self._queued)
+
+    async def aclose(self) -> None:
+        """Finish a replay in progress (the Redis client is the caller's)."""
+        if self._replay_task is not None:
+            await asyncio.gather(self._replay_task, return_exceptions=True)
+
+    def _redis_usable(self) -> bool:
+        return time.monotonic() >= self._down_until
+
+    def _exceeded(self, s: Slot, now: datetime) -> BudgetExceeded:
+        return BudgetExceeded(
+            s.scope,
+            s.id,
+            s.period,
+            from_units(s.cap or 0),
+            period_end(s.period, s.start),
+            status=self.s.over_budget_status,
+            now=now,
+        )
+
+    @property
+    def _pending_key(self) -> str:
+        return f"{self.prefix}:pending"
+
+    def _record_key(self, rid: str) -> str:
+        return f"{self.prefix}:res:{rid}"
+
+    async def _eval(self, script: str, keys: list[str], args: list[Any]) -> Any:
+        sha = _SHAS[script]
+        try:
+            return await self.redis.evalsha(sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await self.redis.script_load(script)
+            return await self.redis.evalsha(sha, len(keys), *keys, *args)
+
+    def _failed(self, exc: BaseException) -> None:
+        self.errors += 1
+        self._down_until = time.monotonic() + self.s.down_backoff_s
+        if not self._down:
+            self._down = True
+            log.warning(
+                "budgets: Redis unreachable (%s); enforcing from last known spend",
+                type(exc).__name__,
+            )
+
+    def _recovered(self) -> None:
+        if self._down:
+            self._down = False
+            log.warning("budgets: Redis reachable again; replaying %d settles", self.queued)
+        if self._queued and (self._replay_task is None or self._replay_task.done()):
+            self._replay_task = asyncio.create_task(self._replay_in_background())
+
+    async def _replay_in_background(self) -> None:
+        try:
+            await self.replay()
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._failed(exc)
+
+    def _trim_view(self) -> None:
+        # Bounded: subjects of past periods are dropped first (their keys sort by date).
+        if len(self._view) > 100_000:
+            today = period_start("day", self.clock()).strftime("%Y%m")
+            self._view = {k: v for k, v in self._view.items() if today in k}
