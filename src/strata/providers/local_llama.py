@@ -148,6 +148,11 @@ class LocalLlamaProvider(Provider):
             "presence_penalty": body.get("presence_penalty") or 0.0,
             "frequency_penalty": body.get("frequency_penalty") or 0.0,
         }
+        if kwargs["seed"] is not None:
+            # A reused prompt prefix is evaluated differently (the cached KV state
+            # skips the batch), which changes sampled tokens: a seeded request
+            # starts from a clean state so the same seed gives the same answer.
+            self._llm.reset()
         fmt = body.get("response_format") or {}
         if fmt.get("type") == "json_object":
             kwargs["grammar"] = LlamaGrammar.from_string(JSON_GBNF, verbose=False)
