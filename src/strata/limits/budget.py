@@ -105,7 +105,7 @@ local rec = ARGV[3]
 for i = 1, n do
   local key = KEYS[i+2]
   if worst > 0 then redis.call('HINCRBY', key, 'reserved', ARGV[3]) end
-  redis.call('EXPIREAT', key, ARGV[7 + 2*i])
+  redis.call('EXPIRE', key, ARGV[7 + 2*i])
   rec = rec .. '\\n' .. key
 end
 redis.call('SET', KEYS[2], rec, 'PX', math.floor(tonumber(ARGV[4]) - now) + tonumber(ARGV[5]))
@@ -135,7 +135,7 @@ for i = 4, #KEYS do
   local v = redis.call('HMGET', KEYS[i], 'spent', 'reserved')
   out[#out+1] = v[1]
   out[#out+1] = v[2] or '0'
-  redis.call('EXPIREAT', KEYS[i], ARGV[i+1])
+  redis.call('EXPIRE', KEYS[i], ARGV[i+1])
 end
 return out
 """
@@ -192,6 +192,10 @@ class Slot:
     cap: int | None  # units
     soft: int | None  # units
     expire_at: int  # unix seconds
+
+    def ttl_s(self, now: datetime) -> int:
+        # Relative to the caller's clock (Redis' own clock may differ from an injected one).
+        return max(1, self.expire_at - int(now.timestamp()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,7 +352,7 @@ class Budgets:
                 SWEEP_BATCH,
             ]
             for s in slots:
-                args += [s.cap if s.cap is not None else -1, s.expire_at]
+                args += [s.cap if s.cap is not None else -1, s.ttl_s(now)]
             keys = [self._pending_key, self._record_key(res.id), *(s.key for s in slots)]
             try:
                 async with asyncio.timeout(self.s.redis_timeout_s):
@@ -416,7 +420,8 @@ class Budgets:
             *(s.key for s in slots),
         ]
         args: list[Any] = [res.id, actual, "l" if res.local else "r", REPLAY_MARKER_TTL_S]
-        args += [s.expire_at for s in slots]
+        now = self.clock()
+        args += [s.ttl_s(now) for s in slots]
         raw = await self._eval(SETTLE_SCRIPT, keys, args)
         if not int(raw[0]):
             return []  # settled before (a replay whose first attempt did reach Redis)
