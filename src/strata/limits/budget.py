@@ -70,9 +70,15 @@ REPLAY_MARKER_TTL_S = 7 * 86_400
 # Stale reservations released per reserve call (bounded work on the hot path).
 SWEEP_BATCH = 20
 REPLAY_TIMEOUT_S = 2.0
+# In-memory caches and views are bounded (entries).
+MAX_CACHED = 100_000
 
 Period = Literal["day", "month"]
 
+# ARGV: now_ms, id, worst, deadline_ms, record margin ms, record key prefix, sweep
+# batch, "cap ttl_s" per hash (one string; cap -1: none). Reply, one string:
+# "1 0 spent reserved ..." (before this reservation) or "0 i spent reserved" (denied
+# by hash i). Amounts stay strings end to end: exact integers, whatever their size.
 RESERVE_SCRIPT = """
 local now = tonumber(ARGV[1])
 local stale = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[7]))
@@ -90,14 +96,16 @@ for _, rid in ipairs(stale) do
   redis.call('ZREM', KEYS[1], rid)
 end
 local worst = tonumber(ARGV[3])
+local spec = {}
+for v in string.gmatch(ARGV[8], '%S+') do spec[#spec+1] = v end
 local n = #KEYS - 2
-local out = {1, 0}
+local out = {'1', '0'}
 for i = 1, n do
   local v = redis.call('HMGET', KEYS[i+2], 'spent', 'reserved')
   local spent, reserved = v[1] or '0', v[2] or '0'
-  local cap = tonumber(ARGV[6 + 2*i])
+  local cap = tonumber(spec[2*i-1])
   if cap >= 0 and tonumber(spent) + tonumber(reserved) + worst > cap then
-    return {0, i, spent, reserved}
+    return '0 ' .. i .. ' ' .. spent .. ' ' .. reserved
   end
   out[2*i+1], out[2*i+2] = spent, reserved
 end
@@ -105,20 +113,23 @@ local rec = ARGV[3]
 for i = 1, n do
   local key = KEYS[i+2]
   if worst > 0 then redis.call('HINCRBY', key, 'reserved', ARGV[3]) end
-  redis.call('EXPIRE', key, ARGV[7 + 2*i])
+  redis.call('EXPIRE', key, spec[2*i])
   rec = rec .. '\\n' .. key
 end
 redis.call('SET', KEYS[2], rec, 'PX', math.floor(tonumber(ARGV[4]) - now) + tonumber(ARGV[5]))
 redis.call('ZADD', KEYS[1], ARGV[4], ARGV[2])
-return out
+return table.concat(out, ' ')
 """
 
+# KEYS: pending, record, replay marker, hashes to charge. ARGV: id, actual, mode ('r':
+# reserved in Redis, 'l': in memory while Redis was down), marker ttl, "ttl_s" per
+# hash. Reply: "0" (settled before) or "1 spent reserved ..." (after).
 SETTLE_SCRIPT = """
 if ARGV[3] == 'l' then
-  if not redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[4]) then return {0} end
+  if not redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[4]) then return '0' end
 else
   local rec = redis.call('GET', KEYS[2])
-  if not rec then return {0} end
+  if not rec then return '0' end
   redis.call('DEL', KEYS[2])
   redis.call('ZREM', KEYS[1], ARGV[1])
   if rec ~= 'x' then
@@ -129,15 +140,17 @@ else
     end
   end
 end
-local out = {1}
+local ttls = {}
+for v in string.gmatch(ARGV[5], '%S+') do ttls[#ttls+1] = v end
+local out = {'1'}
 for i = 4, #KEYS do
   redis.call('HINCRBY', KEYS[i], 'spent', ARGV[2])
   local v = redis.call('HMGET', KEYS[i], 'spent', 'reserved')
   out[#out+1] = v[1]
   out[#out+1] = v[2] or '0'
-  redis.call('EXPIRE', KEYS[i], ARGV[i+1])
+  redis.call('EXPIRE', KEYS[i], ttls[i-3])
 end
-return out
+return table.concat(out, ' ')
 """
 
 _SHAS = {RESERVE_SCRIPT: _sha(RESERVE_SCRIPT), SETTLE_SCRIPT: _sha(SETTLE_SCRIPT)}
@@ -285,26 +298,48 @@ class Budgets:
         # Settles made while Redis was unreachable, by reservation id, in order.
         self._queued: dict[str, tuple[Reservation, int]] = {}
         self._replay_task: asyncio.Task[None] | None = None
+        # Per-request work done once: merged override caps, and slots per subject and day.
+        self._merged: dict[tuple[str, str], BudgetCaps] = {}
+        self._merged_version = -1
+        self._slot_cache: dict[tuple[str, str, date], tuple[BudgetCaps, tuple[Slot, Slot]]] = {}
 
     def subjects(self, *, tenant: str, user: str | None, key: str | None) -> list[Subject]:
         """The budget subjects of a request: defaults merged with overrides."""
+        if self._merged_version != self.overrides.version or len(self._merged) > MAX_CACHED:
+            self._merged.clear()
+            self._merged_version = self.overrides.version
         out = []
         for scope, sid in (
             ("key", key),
             ("user", user_subject(tenant, user) if user is not None else None),
             ("tenant", tenant),
         ):
-            if sid is not None:
-                caps = merged(getattr(self.s, scope), self.overrides.caps(scope, sid))
-                out.append(Subject(scope, sid, caps))
+            if sid is None:
+                continue
+            caps = getattr(self.s, scope)
+            fields = self.overrides.caps(scope, sid)
+            if fields:
+                caps = self._merged.get((scope, sid))
+                if caps is None:
+                    caps = self._merged[(scope, sid)] = merged(getattr(self.s, scope), fields)
+            out.append(Subject(scope, sid, caps))
         return out
 
     def _slots(self, subjects: Sequence[Subject], now: datetime) -> list[Slot]:
-        out = []
+        day = now.astimezone(UTC).date()
+        if len(self._slot_cache) > MAX_CACHED:
+            self._slot_cache.clear()
+        out: list[Slot] = []
         for sub in subjects:
-            caps, soft = sub.caps, sub.caps.soft_pct
-            out.append(self._slot(sub.scope, sub.id, "day", now, caps.daily_usd, soft))
-            out.append(self._slot(sub.scope, sub.id, "month", now, caps.monthly_usd, soft))
+            cached = self._slot_cache.get((sub.scope, sub.id, day))
+            if cached is None or cached[0] is not sub.caps:
+                caps, soft = sub.caps, sub.caps.soft_pct
+                pair = (
+                    self._slot(sub.scope, sub.id, "day", now, caps.daily_usd, soft),
+                    self._slot(sub.scope, sub.id, "month", now, caps.monthly_usd, soft),
+                )
+                cached = self._slot_cache[(sub.scope, sub.id, day)] = (caps, pair)
+            out += cached[1]
         return out
 
     def _slot(
@@ -350,13 +385,12 @@ class Budgets:
                 RECORD_MARGIN_MS,
                 f"{self.prefix}:res:",
                 SWEEP_BATCH,
+                " ".join([f"{-1 if s.cap is None else s.cap} {s.ttl_s(now)}" for s in slots]),
             ]
-            for s in slots:
-                args += [s.cap if s.cap is not None else -1, s.ttl_s(now)]
             keys = [self._pending_key, self._record_key(res.id), *(s.key for s in slots)]
             try:
                 async with asyncio.timeout(self.s.redis_timeout_s):
-                    raw = await self._eval(RESERVE_SCRIPT, keys, args)
+                    raw = (await self._eval(RESERVE_SCRIPT, keys, args)).split()
             except (RedisError, OSError, TimeoutError) as exc:
                 self._failed(exc)
             else:
@@ -421,8 +455,8 @@ class Budgets:
         ]
         args: list[Any] = [res.id, actual, "l" if res.local else "r", REPLAY_MARKER_TTL_S]
         now = self.clock()
-        args += [s.ttl_s(now) for s in slots]
-        raw = await self._eval(SETTLE_SCRIPT, keys, args)
+        args.append(" ".join([str(s.ttl_s(now)) for s in slots]))
+        raw = (await self._eval(SETTLE_SCRIPT, keys, args)).split()
         if not int(raw[0]):
             return []  # settled before (a replay whose first attempt did reach Redis)
         out: list[Crossing] = []
@@ -557,6 +591,6 @@ class Budgets:
 
     def _trim_view(self) -> None:
         # Bounded: subjects of past periods are dropped first (their keys sort by date).
-        if len(self._view) > 100_000:
+        if len(self._view) > MAX_CACHED:
             today = period_start("day", self.clock()).strftime("%Y%m")
             self._view = {k: v for k, v in self._view.items() if today in k}

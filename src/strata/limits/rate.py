@@ -70,18 +70,23 @@ DIMS: tuple[tuple[Dim, str, float], ...] = (
 )
 UNIT = {"rps": "requests per second", "rpm": "requests per minute", "tpm": "tokens per minute"}
 
+# ARGV: now (ms, or -1: Redis TIME), eps, "E tau cost" per key (one string: packing
+# the arguments and the reply costs the client far less CPU), key expiry slack.
+# Reply: "allowed retry_ms remaining reset_ms remaining reset_ms ...".
 CHECK_SCRIPT = """
 local now = tonumber(ARGV[1])
 if now < 0 then
   local t = redis.call('TIME')
   now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 end
-local eps = tonumber(ARGV[2])
+local eps, slack = tonumber(ARGV[2]), tonumber(ARGV[4])
+local spec = {}
+for v in string.gmatch(ARGV[3], '%S+') do spec[#spec+1] = tonumber(v) end
 local n = #KEYS
 local tats, news = {}, {}
 local allowed, retry = 1, 0
 for i = 1, n do
-  local e, tol, cost = tonumber(ARGV[3*i]), tonumber(ARGV[3*i+1]), tonumber(ARGV[3*i+2])
+  local e, tol, cost = spec[3*i-2], spec[3*i-1], spec[3*i]
   local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
   if tat < now then tat = now end
   local inc = cost * e
@@ -96,36 +101,39 @@ for i = 1, n do
 end
 local out = {allowed, math.ceil(retry)}
 for i = 1, n do
-  local e, tol = tonumber(ARGV[3*i]), tonumber(ARGV[3*i+1])
+  local e, tol = spec[3*i-2], spec[3*i-1]
   local tat = tats[i]
   if allowed == 1 then
     tat = news[i]
     if tat > now then
-      redis.call('SET', KEYS[i], string.format('%.17g', tat), 'PX',
-                 math.ceil(tat - now) + tonumber(ARGV[#ARGV]))
+      redis.call('SET', KEYS[i], string.format('%.17g', tat), 'PX', math.ceil(tat - now) + slack)
     end
   end
   local rem = math.floor((tol - (tat - now)) / e + 1e-6)
   if rem < 0 then rem = 0 end
-  out[2*i+1] = rem
-  out[2*i+2] = math.ceil(tat - now)
+  out[2*i+1] = string.format('%d', rem)
+  out[2*i+2] = string.format('%d', math.ceil(tat - now))
 end
-return out
+out[2] = string.format('%d', out[2])
+return table.concat(out, ' ')
 """
 
+# ARGV: now (as above), "delta_ms" per key (one string), key expiry slack.
 CORRECT_SCRIPT = """
 local now = tonumber(ARGV[1])
 if now < 0 then
   local t = redis.call('TIME')
   now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 end
-for i = 1, #KEYS do
+local i = 0
+for v in string.gmatch(ARGV[2], '%S+') do
+  i = i + 1
   local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
   if tat < now then tat = now end
-  local new = tat + tonumber(ARGV[i+1])
+  local new = tat + tonumber(v)
   if new > now then
     redis.call('SET', KEYS[i], string.format('%.17g', new), 'PX',
-               math.ceil(new - now) + tonumber(ARGV[#ARGV]))
+               math.ceil(new - now) + tonumber(ARGV[3]))
   else
     redis.call('DEL', KEYS[i])
   end
@@ -150,6 +158,7 @@ class Limit:
     tolerance_ms: float
     failure_mode: FailureMode
     key: str
+    spec: str  # "E tau" for the script
 
     @property
     def tokens(self) -> bool:
@@ -176,6 +185,7 @@ def compile_rules(scope: str, subject: str, rules: RuleSet, prefix: str = PREFIX
                 max(rules.burst * period_ms, e),
                 rules.failure_mode,
                 f"{prefix}:{scope}:{subject}:{dim}",
+                f"{e!r} {max(rules.burst * period_ms, e)!r}",
             )
         )
     return out
@@ -375,13 +385,12 @@ class RateLimiter:
         tokens = max(0, tokens)
         costs = [tokens if lim.tokens else 1 for lim in limits]
         if time.monotonic() >= self._down_until:
-            args: list[Any] = [self._now_arg(), EPS_MS]
-            for lim, cost in zip(limits, costs, strict=True):
-                args += [lim.emission_ms, lim.tolerance_ms, cost]
-            args.append(EXPIRY_SLACK_MS)
+            spec = " ".join([f"{lim.spec} {cost}" for lim, cost in zip(limits, costs, strict=True)])
+            args = [self._now_arg(), EPS_MS, spec, EXPIRY_SLACK_MS]
             try:
                 async with asyncio.timeout(self.s.redis_timeout_s):
-                    raw = await self._eval(CHECK_SCRIPT, [lim.key for lim in limits], args)
+                    reply = await self._eval(CHECK_SCRIPT, [lim.key for lim in limits], args)
+                raw = reply.split()
             except (RedisError, OSError, TimeoutError) as exc:
                 self._failed(exc)
             else:
@@ -393,7 +402,7 @@ class RateLimiter:
         return self._decide(limits, self.local.check(limits, costs, now), tokens, fallback=True)
 
     def _decide(
-        self, limits: Sequence[Limit], raw: list[Any], tokens: int, *, fallback: bool
+        self, limits: Sequence[Limit], raw: Sequence[Any], tokens: int, *, fallback: bool
     ) -> Decision:
         allowed = bool(int(raw[0]))
         req: list[tuple[Limit, int, int]] = []
@@ -439,7 +448,7 @@ class RateLimiter:
                 await self._eval(
                     CORRECT_SCRIPT,
                     [lim.key for lim in limits],
-                    [self._now_arg(), *deltas, EXPIRY_SLACK_MS],
+                    [self._now_arg(), " ".join(map(repr, deltas)), EXPIRY_SLACK_MS],
                 )
         except (RedisError, OSError, TimeoutError) as exc:
             self._failed(exc)
