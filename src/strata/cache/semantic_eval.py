@@ -6,7 +6,8 @@ set (``bench/cache/pairs.jsonl``, see its README) holds question pairs that
 deserve the same answer (``same``) and near-misses that must not share one.
 For a threshold, a *hit* is a pair whose similarity reaches it; precision is
 the share of hits that are ``same`` pairs, recall the share of ``same`` pairs
-that hit.
+that hit. With a ``guard`` (a ``(a, b) -> bool`` such as
+:func:`strata.cache.guard.compatible`), a hit must also pass the guard.
 
 Pure library: the embedding function is passed in (a sync
 ``list[str] -> list[list[float]]``), so nothing here loads a model.
@@ -24,6 +25,7 @@ from pathlib import Path
 DEFAULT_PAIRS = Path(__file__).resolve().parents[3] / "bench" / "cache" / "pairs.jsonl"
 
 EmbedFn = Callable[[list[str]], list[list[float]]]
+Guard = Callable[[str, str], bool]
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,11 +95,17 @@ def similarities(
     return [sum(x * y for x, y in zip(vecs[p.a], vecs[p.b], strict=True)) for p in pairs]
 
 
-def _row(pairs: Sequence[Pair], sims: Sequence[float], threshold: float) -> Row:
+def _allowed(pairs: Sequence[Pair], guard: Guard | None) -> list[bool]:
+    return [True] * len(pairs) if guard is None else [guard(p.a, p.b) for p in pairs]
+
+
+def _row(
+    pairs: Sequence[Pair], sims: Sequence[float], allowed: Sequence[bool], threshold: float
+) -> Row:
     positives = sum(p.same for p in pairs)
     hits = good = 0
-    for p, s in zip(pairs, sims, strict=True):
-        if s >= threshold:
+    for p, s, ok in zip(pairs, sims, allowed, strict=True):
+        if ok and s >= threshold:
             hits += 1
             good += p.same
     return Row(
@@ -110,28 +118,41 @@ def _row(pairs: Sequence[Pair], sims: Sequence[float], threshold: float) -> Row:
 
 
 def evaluate(
-    pairs: Sequence[Pair], sims: Sequence[float], thresholds: Sequence[float]
+    pairs: Sequence[Pair],
+    sims: Sequence[float],
+    thresholds: Sequence[float],
+    guard: Guard | None = None,
 ) -> list[Row]:
-    """Hits, false hits, precision and recall of ``sim >= threshold``, per threshold."""
+    """Hits, false hits, precision and recall of ``sim >= threshold`` (and, with a
+    ``guard``, ``guard(a, b)``), per threshold."""
     if len(pairs) != len(sims):
         raise ValueError(f"{len(pairs)} pairs but {len(sims)} similarities")
-    return [_row(pairs, sims, t) for t in thresholds]
+    allowed = _allowed(pairs, guard)
+    return [_row(pairs, sims, allowed, t) for t in thresholds]
 
 
 def pick_threshold(
-    pairs: Sequence[Pair], sims: Sequence[float], min_precision: float = 0.99
+    pairs: Sequence[Pair],
+    sims: Sequence[float],
+    min_precision: float = 0.99,
+    guard: Guard | None = None,
 ) -> float:
     """The lowest threshold whose hits reach ``min_precision``: the best recall there.
 
-    Candidates are the observed similarities (recall only changes at them). When
-    none qualifies, the result lies just above every similarity: no hits at all.
+    Candidates are the observed similarities (recall only changes at them); with
+    a ``guard``, those of the pairs it lets through. When none qualifies, the
+    result lies just above every similarity: no hits at all.
     """
     if len(pairs) != len(sims):
         raise ValueError(f"{len(pairs)} pairs but {len(sims)} similarities")
     if not sims:
         return 1.0
-    ranked = sorted(zip(sims, (p.same for p in pairs), strict=True), key=lambda sv: -sv[0])
-    best = math.nextafter(ranked[0][0], math.inf)
+    allowed = _allowed(pairs, guard)
+    ranked = sorted(
+        ((s, p.same) for p, s, ok in zip(pairs, sims, allowed, strict=True) if ok),
+        key=lambda sv: -sv[0],
+    )
+    best = math.nextafter(max(sims), math.inf)
     hits = good = 0
     # Sweep from the top: after consuming every pair with similarity >= s, the
     # counts are those of threshold s. Ties are consumed together.
@@ -143,6 +164,34 @@ def pick_threshold(
         if good / hits >= min_precision:
             best = s
     return best
+
+
+def split_by_anchor(pairs: Sequence[Pair]) -> tuple[list[Pair], list[Pair]]:
+    """A development and a held-out half: pairs grouped by their ``a`` text (the
+    anchor), anchors numbered in order of first appearance; even-numbered
+    anchors go to the first list, odd ones to the second. No anchor is in both."""
+    number: dict[str, int] = {}
+    dev: list[Pair] = []
+    test: list[Pair] = []
+    for p in pairs:
+        k = number.setdefault(p.a, len(number))
+        (dev if k % 2 == 0 else test).append(p)
+    return dev, test
+
+
+def guard_timings(
+    pairs: Sequence[Pair], guard: Guard, *, reset: Callable[[], None] | None = None
+) -> list[float]:
+    """Seconds ``guard`` takes on each pair; ``reset`` (say, clearing the guard's
+    caches) runs before each call, untimed, so that every call starts cold."""
+    out: list[float] = []
+    for p in pairs:
+        if reset is not None:
+            reset()
+        t0 = time.perf_counter()
+        guard(p.a, p.b)
+        out.append(time.perf_counter() - t0)
+    return out
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -3,6 +3,13 @@
 Runs offline on this machine: the embedding model is loaded here from its wheel
 (no server, no network). Each distinct text is embedded once; the latency line
 times single-text embeddings, as a cache lookup makes them.
+
+Two tables: hits by cosine similarity alone, and hits that must also pass the
+precision guard (:func:`strata.cache.guard.compatible`), as the live semantic
+cache serves them; then the threshold that reaches 99% precision with the guard,
+the default threshold's precision and recall on the two halves of the set
+(anchors alternate between a development and a held-out half), and the guard's
+CPU time per pair.
 """
 
 from __future__ import annotations
@@ -18,9 +25,11 @@ from rich.table import Table
 from strata.cli.common import console, err_console
 
 if TYPE_CHECKING:
-    from strata.cache.semantic_eval import EmbedFn
+    from collections.abc import Sequence
 
-DEFAULT_THRESHOLDS = "0.80,0.85,0.90,0.92,0.94,0.96,0.98"
+    from strata.cache.semantic_eval import EmbedFn, Guard, Pair, Row
+
+DEFAULT_THRESHOLDS = "0.60,0.70,0.80,0.85,0.90,0.92,0.94,0.96,0.98"
 MIN_PRECISION = 0.99
 LATENCY_SAMPLES = 100
 
@@ -83,13 +92,58 @@ def eval_command(
         task = progress.add_task("latency", total=None)
         lat = se.query_latencies(embed, samples)
 
+    from strata.cache import guard as guard_mod
+
+    guard = guard_mod.compatible
     same = sum(p.same for p in pairs)
-    table = Table(
-        title=f"semantic hits on {len(pairs)} pairs ({same} same, {len(pairs) - same} near-miss)"
+    title = f"{len(pairs)} pairs ({same} same, {len(pairs) - same} near-miss)"
+    console.print(
+        _table(f"semantic hits by cosine alone, {title}", se.evaluate(pairs, sims, levels))
     )
+    console.print(
+        _table(
+            f"semantic hits by cosine + guard, {title}",
+            se.evaluate(pairs, sims, levels, guard=guard),
+        )
+    )
+
+    chosen = se.pick_threshold(pairs, sims, MIN_PRECISION)
+    (at,) = se.evaluate(pairs, sims, [chosen])
+    console.print(f"cosine alone, {_verdict(chosen, at)}")
+    if at.hits == 0:
+        top = max(range(len(pairs)), key=sims.__getitem__)
+        console.print(
+            f"[yellow]no threshold reaches {MIN_PRECISION:.0%} precision by cosine "
+            f"alone[/yellow]: the most similar pair ({sims[top]:.4f}) is a near-miss "
+            f"({pairs[top].kind}): {pairs[top].a!r} / {pairs[top].b!r}"
+        )
+    chosen = se.pick_threshold(pairs, sims, MIN_PRECISION, guard=guard)
+    (at,) = se.evaluate(pairs, sims, [chosen], guard=guard)
+    console.print(f"cosine + guard, {_verdict(chosen, at)}")
+
+    default = guard_mod.DEFAULT_THRESHOLD
+    sim_of = dict(zip(pairs, sims, strict=True))
+    dev, test = se.split_by_anchor(pairs)
+    console.print(f"default threshold (strata.cache.guard.DEFAULT_THRESHOLD) {default:.2f}:")
+    for name, part in (("dev", dev), ("test", test), ("all", pairs)):
+        console.print(f"  {name:>4} {_halves(part, [sim_of[p] for p in part], default, guard)}")
+
+    cpu = se.guard_timings(pairs, guard, reset=guard_mod.clear_caches)
+    console.print(
+        f"guard CPU per pair (cold): mean {sum(cpu) / len(cpu) * 1e6:.0f} µs, "
+        f"p95 {se.percentile(cpu, 0.95) * 1e6:.0f} µs, max {max(cpu) * 1e6:.0f} µs"
+    )
+    console.print(
+        f"embedding latency per query: p50 {se.percentile(lat, 0.5) * 1000:.1f} ms, "
+        f"p95 {se.percentile(lat, 0.95) * 1000:.1f} ms ({len(lat)} single-text calls, CPU)"
+    )
+
+
+def _table(title: str, rows: Sequence[Row]) -> Table:
+    table = Table(title=title)
     for col in ("threshold", "hits", "false hits", "precision", "recall"):
         table.add_column(col, justify="right")
-    for row in se.evaluate(pairs, sims, levels):
+    for row in rows:
         table.add_row(
             f"{row.threshold:.2f}",
             str(row.hits),
@@ -97,23 +151,24 @@ def eval_command(
             f"{row.precision:.1%}",
             f"{row.recall:.1%}",
         )
-    console.print(table)
+    return table
 
-    chosen = se.pick_threshold(pairs, sims, MIN_PRECISION)
-    (at,) = se.evaluate(pairs, sims, [chosen])
-    console.print(
-        f"threshold for precision >= {MIN_PRECISION:.0%}: [bold]{chosen:.4f}[/bold] "
-        f"(precision {at.precision:.1%}, recall {at.recall:.1%}, "
-        f"{at.hits} hits, {at.false_hits} false)"
+
+def _verdict(threshold: float, row: Row) -> str:
+    return (
+        f"threshold for precision >= {MIN_PRECISION:.0%}: [bold]{threshold:.4f}[/bold] "
+        f"(precision {row.precision:.1%}, recall {row.recall:.1%}, "
+        f"{row.hits} hits, {row.false_hits} false)"
     )
-    if at.hits == 0:
-        top = max(range(len(pairs)), key=sims.__getitem__)
-        console.print(
-            f"[yellow]no threshold reaches {MIN_PRECISION:.0%} precision[/yellow]: the most "
-            f"similar pair ({sims[top]:.4f}) is a near-miss ({pairs[top].kind}): "
-            f"{pairs[top].a!r} / {pairs[top].b!r}"
-        )
-    console.print(
-        f"embedding latency per query: p50 {se.percentile(lat, 0.5) * 1000:.1f} ms, "
-        f"p95 {se.percentile(lat, 0.95) * 1000:.1f} ms ({len(lat)} single-text calls, CPU)"
+
+
+def _halves(pairs: Sequence[Pair], sims: Sequence[float], threshold: float, guard: Guard) -> str:
+    from strata.cache import semantic_eval as se
+
+    (cos,) = se.evaluate(pairs, sims, [threshold])
+    (grd,) = se.evaluate(pairs, sims, [threshold], guard=guard)
+    return (
+        f"{len(pairs)} pairs: cosine alone precision {cos.precision:.1%} recall "
+        f"{cos.recall:.1%}; + guard precision {grd.precision:.1%} recall {grd.recall:.1%} "
+        f"({grd.hits} hits, {grd.false_hits} false)"
     )
