@@ -11,11 +11,11 @@ from strata.limits.budget import (
     Crossing,
     Reservation,
     Subject,
-    worst_case_usd,
 )
 from strata.limits.config import BudgetCaps, BudgetsSettings, LimitsSettings, RuleSet
 from strata.limits.overrides import Overrides
 from strata.limits.rate import Decision, Quota, RateLimiter, format_duration
+from strata.limits.units import worst_case_usd
 
 __all__ = [
     "BudgetCaps",

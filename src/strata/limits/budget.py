@@ -54,13 +54,18 @@ from redis.exceptions import NoScriptError, RedisError
 from strata.errors import StrataError
 from strata.limits.config import BudgetCaps, BudgetsSettings
 from strata.limits.overrides import Overrides, merged, user_subject
-from strata.limits.rate import _sha
+from strata.limits.scripts import RESERVE_SCRIPT, SETTLE_SCRIPT, SHAS
+from strata.limits.units import (
+    Period,
+    from_units,
+    period_end,
+    period_start,
+    to_units,
+)
 
 log = logging.getLogger("strata.limits")
 
 PREFIX = "strata:budget"
-# Amounts in Redis are integers of this many USD: exact, like usage records' numeric(20,10).
-UNIT = Decimal("1e-10")
 # Period hashes outlive their period by this much (``budgets show`` of yesterday).
 PERIOD_MARGIN = timedelta(days=1)
 # A reservation's record outlives its deadline this long (a late settle still finds it).
@@ -72,116 +77,6 @@ SWEEP_BATCH = 20
 REPLAY_TIMEOUT_S = 2.0
 # In-memory caches and views are bounded (entries).
 MAX_CACHED = 100_000
-
-Period = Literal["day", "month"]
-
-# ARGV: now_ms, id, worst, deadline_ms, record margin ms, record key prefix, sweep
-# batch, "cap ttl_s" per hash (one string; cap -1: none). Reply, one string:
-# "1 0 spent reserved ..." (before this reservation) or "0 i spent reserved" (denied
-# by hash i). Amounts stay strings end to end: exact integers, whatever their size.
-RESERVE_SCRIPT = """
-local now = tonumber(ARGV[1])
-local stale = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[7]))
-for _, rid in ipairs(stale) do
-  local rkey = ARGV[6] .. rid
-  local rec = redis.call('GET', rkey)
-  if rec and rec ~= 'x' then
-    local amount = nil
-    for part in string.gmatch(rec, '[^\\n]+') do
-      if amount == nil then amount = part
-      elseif amount ~= '0' then redis.call('HINCRBY', part, 'reserved', '-' .. amount) end
-    end
-    redis.call('SET', rkey, 'x', 'PX', ARGV[5])
-  end
-  redis.call('ZREM', KEYS[1], rid)
-end
-local worst = tonumber(ARGV[3])
-local spec = {}
-for v in string.gmatch(ARGV[8], '%S+') do spec[#spec+1] = v end
-local n = #KEYS - 2
-local out = {'1', '0'}
-for i = 1, n do
-  local v = redis.call('HMGET', KEYS[i+2], 'spent', 'reserved')
-  local spent, reserved = v[1] or '0', v[2] or '0'
-  local cap = tonumber(spec[2*i-1])
-  if cap >= 0 and tonumber(spent) + tonumber(reserved) + worst > cap then
-    return '0 ' .. i .. ' ' .. spent .. ' ' .. reserved
-  end
-  out[2*i+1], out[2*i+2] = spent, reserved
-end
-local rec = ARGV[3]
-for i = 1, n do
-  local key = KEYS[i+2]
-  if worst > 0 then redis.call('HINCRBY', key, 'reserved', ARGV[3]) end
-  redis.call('EXPIRE', key, spec[2*i])
-  rec = rec .. '\\n' .. key
-end
-redis.call('SET', KEYS[2], rec, 'PX', math.floor(tonumber(ARGV[4]) - now) + tonumber(ARGV[5]))
-redis.call('ZADD', KEYS[1], ARGV[4], ARGV[2])
-return table.concat(out, ' ')
-"""
-
-# KEYS: pending, record, replay marker, hashes to charge. ARGV: id, actual, mode ('r':
-# reserved in Redis, 'l': in memory while Redis was down), marker ttl, "ttl_s" per
-# hash. Reply: "0" (settled before) or "1 spent reserved ..." (after).
-SETTLE_SCRIPT = """
-if ARGV[3] == 'l' then
-  if not redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[4]) then return '0' end
-else
-  local rec = redis.call('GET', KEYS[2])
-  if not rec then return '0' end
-  redis.call('DEL', KEYS[2])
-  redis.call('ZREM', KEYS[1], ARGV[1])
-  if rec ~= 'x' then
-    local amount = nil
-    for part in string.gmatch(rec, '[^\\n]+') do
-      if amount == nil then amount = part
-      elseif amount ~= '0' then redis.call('HINCRBY', part, 'reserved', '-' .. amount) end
-    end
-  end
-end
-local ttls = {}
-for v in string.gmatch(ARGV[5], '%S+') do ttls[#ttls+1] = v end
-local out = {'1'}
-for i = 4, #KEYS do
-  redis.call('HINCRBY', KEYS[i], 'spent', ARGV[2])
-  local v = redis.call('HMGET', KEYS[i], 'spent', 'reserved')
-  out[#out+1] = v[1]
-  out[#out+1] = v[2] or '0'
-  redis.call('EXPIRE', KEYS[i], ttls[i-3])
-end
-return table.concat(out, ' ')
-"""
-
-_SHAS = {RESERVE_SCRIPT: _sha(RESERVE_SCRIPT), SETTLE_SCRIPT: _sha(SETTLE_SCRIPT)}
-
-
-def to_units(usd: Decimal, rounding: str = ROUND_HALF_UP) -> int:
-    return int((usd / UNIT).to_integral_value(rounding))
-
-
-def from_units(units: int) -> Decimal:
-    return (Decimal(units) * UNIT).normalize()
-
-
-def worst_case_usd(
-    prompt_tokens: int, max_tokens: int, price_in_per_1m: Decimal, price_out_per_1m: Decimal
-) -> Decimal:
-    """The most a call can cost: its prompt plus ``max_tokens`` of output."""
-    return (prompt_tokens * price_in_per_1m + max_tokens * price_out_per_1m) / Decimal(1_000_000)
-
-
-def period_start(period: Period, at: datetime) -> date:
-    d = at.astimezone(UTC).date()
-    return d if period == "day" else d.replace(day=1)
-
-
-def period_end(period: Period, start: date) -> datetime:
-    if period == "day":
-        nxt = start + timedelta(days=1)
-    else:
-        nxt = (start.replace(day=28) + timedelta(days=4)).replace(day=1)
-    return datetime(nxt.year, nxt.month, nxt.day, tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -559,7 +454,7 @@ class Budgets:
         return f"{self.prefix}:res:{rid}"
 
     async def _eval(self, script: str, keys: list[str], args: list[Any]) -> Any:
-        sha = _SHAS[script]
+        sha = SHAS[script]
         try:
             return await self.redis.evalsha(sha, len(keys), *keys, *args)
         except NoScriptError:

@@ -36,7 +36,6 @@ dropped when Redis answers again.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import math
 import time
@@ -49,6 +48,7 @@ from redis.exceptions import NoScriptError, RedisError
 from strata.errors import RateLimited, ServiceUnavailable, StrataError
 from strata.limits.config import FailureMode, LimitsSettings, RuleSet
 from strata.limits.overrides import Overrides, merged, user_subject
+from strata.limits.scripts import CHECK_SCRIPT, CORRECT_SCRIPT, SHAS
 
 log = logging.getLogger("strata.limits")
 
@@ -69,81 +69,6 @@ DIMS: tuple[tuple[Dim, str, float], ...] = (
     ("tpm", "tokens_per_minute", 60_000.0),
 )
 UNIT = {"rps": "requests per second", "rpm": "requests per minute", "tpm": "tokens per minute"}
-
-# ARGV: now (ms, or -1: Redis TIME), eps, "E tau cost" per key (one string: packing
-# the arguments and the reply costs the client far less CPU), key expiry slack.
-# Reply: "allowed retry_ms remaining reset_ms remaining reset_ms ...".
-CHECK_SCRIPT = """
-local now = tonumber(ARGV[1])
-if now < 0 then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
-end
-local eps, slack = tonumber(ARGV[2]), tonumber(ARGV[4])
-local spec = {}
-for v in string.gmatch(ARGV[3], '%S+') do spec[#spec+1] = tonumber(v) end
-local n = #KEYS
-local tats, news = {}, {}
-local allowed, retry = 1, 0
-for i = 1, n do
-  local e, tol, cost = spec[3*i-2], spec[3*i-1], spec[3*i]
-  local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
-  if tat < now then tat = now end
-  local inc = cost * e
-  if inc > tol then inc = tol end
-  local new = tat + inc
-  local wait = new - tol - now
-  if wait > eps then
-    allowed = 0
-    if wait > retry then retry = wait end
-  end
-  tats[i], news[i] = tat, new
-end
-local out = {allowed, math.ceil(retry)}
-for i = 1, n do
-  local e, tol = spec[3*i-2], spec[3*i-1]
-  local tat = tats[i]
-  if allowed == 1 then
-    tat = news[i]
-    if tat > now then
-      redis.call('SET', KEYS[i], string.format('%.17g', tat), 'PX', math.ceil(tat - now) + slack)
-    end
-  end
-  local rem = math.floor((tol - (tat - now)) / e + 1e-6)
-  if rem < 0 then rem = 0 end
-  out[2*i+1] = string.format('%d', rem)
-  out[2*i+2] = string.format('%d', math.ceil(tat - now))
-end
-out[2] = string.format('%d', out[2])
-return table.concat(out, ' ')
-"""
-
-# ARGV: now (as above), "delta_ms" per key (one string), key expiry slack.
-CORRECT_SCRIPT = """
-local now = tonumber(ARGV[1])
-if now < 0 then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
-end
-local i = 0
-for v in string.gmatch(ARGV[2], '%S+') do
-  i = i + 1
-  local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
-  if tat < now then tat = now end
-  local new = tat + tonumber(v)
-  if new > now then
-    redis.call('SET', KEYS[i], string.format('%.17g', new), 'PX',
-               math.ceil(new - now) + tonumber(ARGV[3]))
-  else
-    redis.call('DEL', KEYS[i])
-  end
-end
-return 1
-"""
-
-
-def _sha(script: str) -> str:
-    return hashlib.sha1(script.encode()).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -473,7 +398,7 @@ class RateLimiter:
         return self.clock() * 1000 if self.clock is not None else -1
 
     async def _eval(self, script: str, keys: list[str], args: list[Any]) -> Any:
-        sha = _SHAS[script]
+        sha = SHAS[script]
         try:
             return await self.redis.evalsha(sha, len(keys), *keys, *args)
         except NoScriptError:
@@ -495,6 +420,3 @@ class RateLimiter:
             self._down = False
             self.local = LocalGcra()
             log.warning("rate limits: Redis reachable again")
-
-
-_SHAS = {CHECK_SCRIPT: _sha(CHECK_SCRIPT), CORRECT_SCRIPT: _sha(CORRECT_SCRIPT)}
