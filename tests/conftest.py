@@ -53,6 +53,12 @@ TEST_CONFIG: dict[str, Any] = {
             "model": "all-minilm-l6-v2",
         },
         "fake": {"provider": "fake", "model": "fake-1"},
+        "fake-sem": {"provider": "fake", "model": "fake-1", "cache": {"semantic": True}},
+        "fake-sem-turns": {
+            "provider": "fake",
+            "model": "fake-1",
+            "cache": {"semantic": True, "multi_turn": True},
+        },
         "fake-slow": {"provider": "fake-slow", "model": "fake-slow-1"},
         "fake-down": {"provider": "fake-down", "model": "fake-down-1"},
     },

@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from strata.cache.exact import ExactCache
+from strata.cache.semantic import SemanticCache
 from strata.errors import ConfigError
 from strata.gateway.chat import ChatService
 from strata.gateway.embeddings import EmbeddingService
@@ -75,6 +76,7 @@ class Runtime:
             stale_grace_s=settings.auth.stale_grace_s,
         )
         auto = AutoRouter(settings, providers, redis)
+        semantic = _semantic_cache(settings, providers, engine)
         rt = cls(
             settings=settings,
             engine=engine,
@@ -85,12 +87,14 @@ class Runtime:
             recorder=recorder,
             auth=auth,
             dispatcher=dispatcher,
-            chat=ChatService(dispatcher, auto, ExactCache(redis, settings.cache)),
+            chat=ChatService(dispatcher, auto, ExactCache(redis, settings.cache), semantic),
             embeddings=EmbeddingService(dispatcher),
         )
         for p in providers.values():
             await p.start()
         await recorder.start()
+        await semantic.start()
+        rt.tasks.append(asyncio.create_task(semantic.expire_forever()))
         rt.tasks.append(asyncio.create_task(auth.listen_for_revocations(redis)))
         rt.tasks.append(asyncio.create_task(dispatcher.publish_latency(redis)))
         if auto.routes:
@@ -103,6 +107,9 @@ class Runtime:
         for t in self.tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
+        await self.chat.cache.drain()
+        if self.chat.semantic is not None:
+            await self.chat.semantic.drain()
         await self.recorder.stop()
         for p in self.providers.values():
             try:
@@ -114,6 +121,28 @@ class Runtime:
 
     def meter(self, principal: Principal, request_id: str, endpoint: str) -> Meter:
         return Meter(self.recorder, self.pricer, principal, request_id, endpoint)
+
+
+def _semantic_cache(
+    settings: Settings, providers: dict[str, Provider], engine: AsyncEngine
+) -> SemanticCache:
+    """The semantic cache, embedding through the first deployment of its alias."""
+    from strata.cache.guard import compatible
+
+    s = settings.cache.semantic
+    alias = settings.models.get(s.embeddings)
+    embed = None
+    label = ""
+    if alias is not None and alias.kind == "embedding" and alias.deployments:
+        dep = alias.deployments[0]
+        provider, model = providers[dep.provider], dep.model
+        label = f"{dep.provider}/{model}"
+
+        async def embed_texts(texts: list[str]) -> list[list[float]]:
+            return (await provider.embed(texts, model)).vectors
+
+        embed = embed_texts
+    return SemanticCache(engine, s, settings.cache.default_ttl_s, embed, label, compatible)
 
 
 async def _after_models_load(rt: Runtime, auto: AutoRouter) -> None:

@@ -26,7 +26,10 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from strata.alerts.config import AlertsSettings
+from strata.cache.guard import DEFAULT_THRESHOLD
 from strata.errors import ConfigError
+from strata.limits.config import BudgetsSettings, LimitsSettings
 
 
 class Price(BaseModel):
@@ -91,6 +94,13 @@ class AliasCache(BaseModel):
     shared: bool = False
     # Cache sampled answers too (temperature > 0 or n > 1): a replay is one sample.
     cache_sampled: bool = False
+    # Semantic cache: answer from an earlier request whose user text means the same
+    # (opt-in; keys and requests can opt in or out too).
+    semantic: bool = False
+    # Cosine similarity a semantic hit needs (None: cache.semantic.threshold).
+    similarity: float | None = Field(default=None, gt=0, le=1)
+    # Multi-turn requests too, when every earlier turn matches exactly.
+    multi_turn: bool = False
 
 
 class AutoRoute(BaseModel):
@@ -196,6 +206,25 @@ class BreakerSettings(BaseModel):
     sync_s: float = Field(default=1.0, gt=0)
 
 
+class SemanticCacheSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # The embedding alias for user texts (the embedded MiniLM by default).
+    embeddings: str = "embed-default"
+    # With the guard: >= 99% precision on bench/cache/pairs.jsonl (see its README).
+    threshold: float = Field(default=DEFAULT_THRESHOLD, gt=0, le=1)
+    # The lexical guard (numbers, negations, directions, content words must agree);
+    # without it no threshold reaches 99% precision on the labelled pairs.
+    guard: bool = True
+    # Longer user texts are not semantically cached (an essay is rarely repeated).
+    max_query_chars: int = Field(default=2000, gt=0)
+    # Entries kept per context (alias, system prompt, earlier turns, parameters);
+    # the oldest go first. Bounds the rows a lookup compares.
+    max_entries_per_context: int = Field(default=5000, gt=0)
+    # A lookup (embedding + query) may hold a request this long, then it goes on.
+    lookup_timeout_s: float = Field(default=0.25, gt=0)
+
+
 class CacheSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -203,6 +232,7 @@ class CacheSettings(BaseModel):
     default_ttl_s: float = Field(default=3600.0, gt=0)
     # Larger answers are not cached (Redis memory stays bounded).
     max_entry_bytes: int = Field(default=256 * 1024, gt=0)
+    semantic: SemanticCacheSettings = SemanticCacheSettings()
 
 
 class RetrySettings(BaseModel):
@@ -253,6 +283,9 @@ class Settings(BaseSettings):
     breaker: BreakerSettings = BreakerSettings()
     retry: RetrySettings = RetrySettings()
     cache: CacheSettings = CacheSettings()
+    limits: LimitsSettings = LimitsSettings()
+    budgets: BudgetsSettings = BudgetsSettings()
+    alerts: AlertsSettings = AlertsSettings()
     providers: dict[str, ProviderConfig] = Field(default_factory=_default_providers)
     models: dict[str, Alias] = Field(default_factory=_default_models)
 
@@ -276,6 +309,14 @@ class Settings(BaseSettings):
                         f"models.{name}.route.embeddings: {emb!r} is not an embedding alias "
                         "(set it to null to score on features only)"
                     )
+            emb = self.cache.semantic.embeddings
+            if alias.cache.semantic and (
+                emb not in self.models or self.models[emb].kind != "embedding"
+            ):
+                raise ValueError(
+                    f"models.{name}.cache.semantic: cache.semantic.embeddings ({emb!r}) "
+                    "is not an embedding alias"
+                )
             for i, dep in enumerate(alias.deployments):
                 if dep.provider not in self.providers:
                     known = ", ".join(sorted(self.providers)) or "none"

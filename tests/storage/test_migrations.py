@@ -17,6 +17,8 @@ from sqlalchemy.engine import Connection, make_url
 from strata.storage import migrate
 from strata.storage.engine import async_url, make_engine
 from strata.storage.models import Base
+from strata.storage.repositories import alerts as _alerts  # noqa: F401  (its tables)
+from strata.storage.repositories import limits as _limits  # noqa: F401  (its tables)
 
 TABLES = {"tenants", "users", "api_keys", "usage_records"}
 
@@ -63,9 +65,19 @@ def test_upgrade_again_is_a_no_op(database_url: str) -> None:
     assert run_sync(database_url, version) == head()
 
 
+# Tables kept in raw SQL (pgvector types the ORM does not know); their repository
+# tests cover them.
+RAW_SQL_TABLES = {"semantic_cache"}
+
+
 def test_models_match_the_migrations(database_url: str) -> None:
+    def include(name: str | None, type_: str, *_: Any) -> bool:
+        # Filtered before reflection: the ORM would warn on the vector type.
+        return type_ != "table" or name not in RAW_SQL_TABLES
+
     def diff(conn: Connection) -> list[Any]:
-        return list(compare_metadata(MigrationContext.configure(conn), Base.metadata))
+        ctx = MigrationContext.configure(conn, opts={"include_name": include})
+        return list(compare_metadata(ctx, Base.metadata))
 
     assert run_sync(database_url, diff) == []
 

@@ -9,6 +9,11 @@ an LRU eviction policy when embedded.
 Client controls: ``x-strata-cache: off`` bypasses the cache, ``refresh`` (or
 ``Cache-Control: no-cache``) skips the lookup but stores the fresh answer,
 ``on`` caches a sampled request, ``Cache-Control: no-store`` skips storing.
+Several may be given, comma-separated (with ``semantic`` / ``no-semantic``,
+see strata.cache.semantic).
+
+Every entry is also listed under its user (``strata:cache:owner:{tenant}:{user}``)
+so a user's entries can be erased (``strata cache forget``).
 
 Policy when Redis is unreachable: requests go uncached (header ``bypass``,
 logged, counted in ``errors``); after a failure the cache is skipped for a few
@@ -26,7 +31,9 @@ from typing import Any
 
 import orjson
 
-from strata.cache.keys import exact_key
+from strata.cache.keys import exact_key, owner_key
+from strata.errors import InvalidRequest
+from strata.security.keys import Principal
 from strata.settings import Alias, CacheSettings
 
 log = logging.getLogger("strata.cache")
@@ -44,6 +51,7 @@ class Plan:
     lookup: bool
     store: bool
     failed: bool = False  # Redis failed: served uncached
+    namespace: str = ""
 
     @property
     def status(self) -> str:
@@ -58,6 +66,27 @@ class Hit:
     provider: str
     model: str
     cost_usd: Decimal  # what the original (missed) call cost
+    similarity: float | None = None  # semantic hits only
+
+
+CONTROLS = frozenset({"off", "refresh", "on", "semantic", "no-semantic"})
+
+
+def control_tokens(control: str | None) -> set[str]:
+    """``x-strata-cache`` values: comma-separated, case-insensitive."""
+    return {t.strip().lower() for t in (control or "").split(",") if t.strip()}
+
+
+def check_control(control: str | None) -> None:
+    """Reject an ``x-strata-cache`` value Strata does not know (a typo would
+    silently cache or not)."""
+    unknown = control_tokens(control) - CONTROLS
+    if unknown:
+        raise InvalidRequest(
+            f"unknown x-strata-cache value {sorted(unknown)[0]!r}: use "
+            + ", ".join(sorted(CONTROLS)),
+            param="x-strata-cache",
+        )
 
 
 BYPASS = Plan(None, False, False)
@@ -81,17 +110,19 @@ class ExactCache:
         control: str | None,
         cache_control: str | None,
     ) -> Plan:
-        if not self.s.enabled or not alias.cache.enabled or control == "off":
+        tokens = control_tokens(control)
+        if not self.s.enabled or not alias.cache.enabled or "off" in tokens:
             return BYPASS
         sampled = (body.get("temperature", 1.0) or 0) > 0 or (body.get("n") or 1) > 1
-        if sampled and not (alias.cache.cache_sampled or control == "on"):
+        if sampled and not (alias.cache.cache_sampled or "on" in tokens):
             return BYPASS
-        directives = {d.strip().lower() for d in (cache_control or "").split(",")}
+        directives = control_tokens(cache_control)
         namespace = "shared" if alias.cache.shared else tenant
         return Plan(
             exact_key(namespace, alias_name, deployments, body),
-            lookup=control != "refresh" and "no-cache" not in directives,
+            lookup="refresh" not in tokens and "no-cache" not in directives,
             store="no-store" not in directives,
+            namespace=namespace,
         )
 
     async def get(self, plan: Plan) -> Hit | None:
@@ -122,19 +153,17 @@ class ExactCache:
             Decimal(entry["cost_usd"]),
         )
 
-    def put(
+    def entry(
         self,
-        plan: Plan,
-        alias: Alias,
         body: dict[str, Any],
         tokens: tuple[int, int],
         provider: str,
         model: str,
         cost: Decimal,
-    ) -> None:
-        """Store in the background: a miss never waits for the write."""
-        if plan.key is None or plan.failed or not plan.store or not storable(body):
-            return
+    ) -> bytes | None:
+        """The stored form of an answer; None when it must not be cached."""
+        if not storable(body):
+            return None
         raw = orjson.dumps(
             {
                 "body": body,
@@ -145,18 +174,46 @@ class ExactCache:
                 "cost_usd": str(cost),
             }
         )
-        if len(raw) > self.s.max_entry_bytes:
+        return raw if len(raw) <= self.s.max_entry_bytes else None
+
+    def put(self, plan: Plan, alias: Alias, raw: bytes, principal: Principal) -> None:
+        """Store in the background: a miss never waits for the write."""
+        if plan.key is None or plan.failed or not plan.store:
             return
-        ttl = int(alias.cache.ttl_s or self.s.default_ttl_s)
-        task = asyncio.create_task(self._set(plan.key, raw, ttl))
+        ttl = max(1, int(alias.cache.ttl_s or self.s.default_ttl_s))
+        owner = owner_key(principal.tenant_id, principal.user_id)
+        task = asyncio.create_task(self._set(plan.key, raw, ttl, owner))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    async def _set(self, key: str, raw: bytes, ttl: int) -> None:
+    async def _set(self, key: str, raw: bytes, ttl: int, owner: str) -> None:
         try:
-            await self.redis.set(key, raw, ex=max(1, ttl))
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.set(key, raw, ex=ttl)
+                pipe.sadd(owner, key)
+                # The owner list outlives its entries by at most one TTL; erasure
+                # skips the keys already gone.
+                pipe.expire(owner, ttl, gt=True)
+                pipe.expire(owner, ttl, nx=True)
+                await pipe.execute()
         except Exception as exc:
             self._failed(exc)
+
+    async def forget_user(self, tenant: str, user: str) -> int:
+        """Delete every entry a user's requests stored (any namespace); how many."""
+        owner = owner_key(tenant, user)
+        keys = await self.redis.smembers(owner)
+        deleted = 0
+        batch = list(keys)
+        for i in range(0, len(batch), 500):
+            deleted += await self.redis.delete(*batch[i : i + 500])
+        await self.redis.delete(owner)
+        return int(deleted)
+
+    async def drain(self) -> None:
+        """Wait for background writes (shutdown, tests)."""
+        while self._pending:
+            await asyncio.gather(*list(self._pending), return_exceptions=True)
 
     def _failed(self, exc: Exception) -> None:
         self.errors += 1

@@ -29,6 +29,14 @@ def exact_key(namespace: str, alias: str, deployments: list[str], body: dict[str
     return f"{PREFIX}{namespace}:{alias}:{digest}"
 
 
+OWNER_PREFIX = "strata:cache:owner:"
+
+
+def owner_key(tenant: str, user: str) -> str:
+    """The set of exact-cache keys a user's requests stored (for erasure)."""
+    return f"{OWNER_PREFIX}{tenant}:{user}"
+
+
 def pattern(namespace: str | None = None, alias: str | None = None) -> str:
     """A SCAN pattern for purges and stats."""
     return f"{PREFIX}{namespace or '*'}:{alias or '*'}:*"

@@ -146,6 +146,32 @@ def routing(
     console.print(f"auto routing {'on' if on else 'off'} for {key_id}")
 
 
+SEMANTIC_CHOICES = {"on": True, "off": False, "alias": None}
+
+
+@app.command("semantic-cache")
+def semantic_cache(
+    key_id: str,
+    setting: str = typer.Argument(..., help="on, off, or alias (as each alias says)"),
+    config: Path | None = ConfigOpt,
+) -> None:
+    """Opt a key in to or out of the semantic cache, or leave it to each alias."""
+    if setting not in SEMANTIC_CHOICES:
+        raise typer.BadParameter("use on, off or alias", param_hint="SETTING")
+    settings = settings_or_exit(config)
+    with running_services(settings) as live:
+
+        async def run(engine: AsyncEngine) -> str | None:
+            return await key_repo.set_semantic_cache(engine, key_id, SEMANTIC_CHOICES[setting])
+
+        key_hash = with_engine(live, run)
+        if key_hash is None:
+            err_console.print(f"[red]no active key {key_id}[/red]")
+            raise typer.Exit(1)
+        _evict_everywhere(live.redis_url or "", key_hash)
+    console.print(f"semantic cache {setting} for {key_id}")
+
+
 def _evict_everywhere(redis_url: str, key_hash: str) -> None:
     try:
         # Instances drop the cached key at once; if Redis is down, within the cache TTL.

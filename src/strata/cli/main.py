@@ -9,7 +9,15 @@ import uvicorn
 from rich.panel import Panel
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from strata.cli import cache_cmd, config_cmd, keys_cmd, models_cmd, route_cmd, usage_cmd
+from strata.cli import (
+    alerts_cmd,
+    cache_cmd,
+    config_cmd,
+    keys_cmd,
+    models_cmd,
+    route_cmd,
+    usage_cmd,
+)
 from strata.cli.common import (
     ConfigOpt,
     console,
@@ -34,6 +42,7 @@ app.add_typer(keys_cmd.app, name="keys")
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(route_cmd.app, name="route")
 app.add_typer(cache_cmd.app, name="cache")
+app.add_typer(alerts_cmd.app, name="alerts")
 app.command("usage")(usage_cmd.usage)
 app.command("models")(models_cmd.models)
 

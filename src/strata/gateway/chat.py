@@ -17,7 +17,8 @@ from typing import Any, TypeVar
 
 import orjson
 
-from strata.cache.exact import BYPASS, ExactCache, Hit, Plan, replay_chunks
+from strata.cache.exact import BYPASS, ExactCache, Hit, Plan, check_control, replay_chunks
+from strata.cache.semantic import SemanticCache, SemanticPlan
 from strata.errors import ProviderTimeout, StrataError
 from strata.gateway.meter import Meter
 from strata.providers.base import ChatResult, Provider, estimate_prompt_tokens
@@ -45,16 +46,44 @@ class Controls:
     cache_control: str | None = None  # Cache-Control: no-cache, no-store
 
 
+@dataclass(slots=True)
+class Plans:
+    """The exact and (when opted in) semantic cache plans of one request."""
+
+    exact: Plan
+    semantic: SemanticPlan | None = None
+
+    @property
+    def stores(self) -> bool:
+        return self.exact.key is not None and self.exact.store
+
+    @property
+    def status(self) -> str:
+        if self.semantic is not None and not self.semantic.failed:
+            return "miss"
+        return self.exact.status
+
+
+NO_CACHE = Plans(BYPASS)
+
+
 class ChatService:
-    def __init__(self, dispatcher: Dispatcher, auto: AutoRouter, cache: ExactCache) -> None:
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        auto: AutoRouter,
+        cache: ExactCache,
+        semantic: SemanticCache | None = None,
+    ) -> None:
         self.dispatcher = dispatcher
         self.auto = auto
         self.cache = cache
+        self.semantic = semantic
 
     async def complete(
         self, body: dict[str, Any], meter: Meter, controls: Controls = Controls()
     ) -> dict[str, Any]:
-        alias, plan, hit = await self._lookup(body, meter, controls)
+        alias, plans, hit = await self._lookup(body, meter, controls)
         if hit is not None:
             return hit.body
 
@@ -64,21 +93,21 @@ class ChatService:
         result = await self._dispatch(alias, body, meter, call, stream=False)
         meter.first_token()
         meter.tokens(result.prompt_tokens, result.completion_tokens)
-        self._store(plan, alias, result.body, meter)
+        self._store(plans, alias, result.body, meter)
         return result.body
 
     async def open_stream(
         self, body: dict[str, Any], meter: Meter, controls: Controls = Controls()
     ) -> ChatStream:
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        alias, plan, hit = await self._lookup(body, meter, controls)
+        alias, plans, hit = await self._lookup(body, meter, controls)
         if hit is not None:
             stream = ChatStream(_replay(hit.body), meter, include_usage)
             await stream.prime()
             return stream
 
         def store(completion: dict[str, Any]) -> None:
-            self._store(plan, alias, completion, meter)
+            self._store(plans, alias, completion, meter)
 
         async def call(target: Target) -> ChatStream:
             # Fallbacks happen only here, before the client has seen a token.
@@ -88,7 +117,7 @@ class ChatService:
                 include_usage,
                 estimate_prompt_tokens(body),
                 target.timeout_s,
-                on_complete=store if plan.key is not None and plan.store else None,
+                on_complete=store if plans.stores else None,
             )
             await stream.prime(target.ttft_timeout_s)
             return stream
@@ -97,15 +126,19 @@ class ChatService:
 
     async def _lookup(
         self, body: dict[str, Any], meter: Meter, controls: Controls
-    ) -> tuple[str, Plan, Hit | None]:
-        """Route (for auto aliases), then ask the cache; a hit is metered here."""
+    ) -> tuple[str, Plans, Hit | None]:
+        """Route (for auto aliases), then ask the caches (exact, then semantic); a hit
+        is metered here."""
+        check_control(controls.cache)
         alias = await self._route(body, meter, controls)
-        plan = self._plan(alias, body, meter, controls)
-        hit = await self.cache.get(plan)
-        meter.event.cache = plan.status
+        plans = self._plan(alias, body, meter, controls)
+        hit = await self.cache.get(plans.exact)
+        if hit is None and plans.semantic is not None and self.semantic is not None:
+            hit = await self.semantic.get(plans.semantic)
+        meter.event.cache = plans.status
         if hit is not None:
             meter.cache_hit(hit)
-        return alias, plan, hit
+        return alias, plans, hit
 
     async def _route(self, body: dict[str, Any], meter: Meter, controls: Controls) -> str:
         alias: str = body["model"]
@@ -117,37 +150,49 @@ class ChatService:
             alias = decision.alias
         return alias
 
-    def _plan(self, alias: str, body: dict[str, Any], meter: Meter, controls: Controls) -> Plan:
+    def _plan(self, alias: str, body: dict[str, Any], meter: Meter, controls: Controls) -> Plans:
         spec = self.dispatcher.router.aliases.get(alias)
         if spec is None or spec.kind != "chat":
-            return BYPASS  # the dispatcher answers with the right error
-        targets = self.dispatcher.router.candidates(alias, "chat")
+            return NO_CACHE  # the dispatcher answers with the right error
+        deployments = [t.label for t in self.dispatcher.router.candidates(alias, "chat")]
         plan = self.cache.plan(
             meter.principal.tenant_id,
             alias,
             spec,
-            [t.label for t in targets],
+            deployments,
             body,
             controls.cache,
             controls.cache_control,
         )
-        return plan
+        if plan.key is None or self.semantic is None:
+            return Plans(plan)
+        semantic = self.semantic.plan(
+            meter.principal,
+            plan.namespace,
+            alias,
+            spec,
+            deployments,
+            body,
+            plan.lookup,
+            plan.store,
+            controls.cache,
+        )
+        return Plans(plan, semantic)
 
-    def _store(self, plan: Plan, alias: str, completion: dict[str, Any], meter: Meter) -> None:
+    def _store(self, plans: Plans, alias: str, completion: dict[str, Any], meter: Meter) -> None:
         e = meter.event
-        if plan.key is None or e.provider is None:
+        if not plans.stores or e.provider is None:
             return
         cost = meter.pricer.cost(e.provider, e.model or "", e.prompt_tokens, e.completion_tokens)
-        spec = self.dispatcher.router.aliases[alias]
-        self.cache.put(
-            plan,
-            spec,
-            completion,
-            (e.prompt_tokens, e.completion_tokens),
-            e.provider,
-            e.model or "",
-            cost,
+        raw = self.cache.entry(
+            completion, (e.prompt_tokens, e.completion_tokens), e.provider, e.model or "", cost
         )
+        if raw is None:
+            return
+        spec = self.dispatcher.router.aliases[alias]
+        self.cache.put(plans.exact, spec, raw, meter.principal)
+        if plans.semantic is not None and self.semantic is not None:
+            self.semantic.put(plans.semantic, raw, completion)
 
     async def _dispatch(
         self,

@@ -26,6 +26,7 @@ class Meter:
         "principal",
         "prompt_estimate",
         "recorder",
+        "similarity",
     )
 
     def __init__(
@@ -42,6 +43,7 @@ class Meter:
         self._done = False
         self.principal = principal
         self.prompt_estimate = 0
+        self.similarity: float | None = None
         self.event = UsageEvent(
             request_id=request_id,
             tenant_id=principal.tenant_id,
@@ -93,7 +95,7 @@ class Meter:
         e.latency_ms = (time.perf_counter() - self._start) * 1000
         e.attempts = self.outcome.attempts
         e.fallback = self.outcome.fallback
-        if e.cache == "hit-exact":
+        if e.cache is not None and e.cache.startswith("hit-"):
             e.cost_usd = Decimal(0)
         elif e.provider and (e.prompt_tokens or e.completion_tokens):
             e.cost_usd = self.pricer.cost(
@@ -121,7 +123,8 @@ class Meter:
 
     def cache_hit(self, hit: Hit) -> None:
         """Served from cache: costs nothing, and saves what the original call cost."""
-        self.event.cache = "hit-exact"
+        self.event.cache = "hit-exact" if hit.similarity is None else "hit-semantic"
+        self.similarity = hit.similarity
         self.event.provider, self.event.model = hit.provider, hit.model
         self.tokens(hit.prompt_tokens, hit.completion_tokens)
         self.event.saved_usd = hit.cost_usd
@@ -134,6 +137,8 @@ class Meter:
         out = []
         if self.event.cache is not None:
             out.append((b"x-strata-cache", self.event.cache.encode()))
+            if self.similarity is not None:
+                out.append((b"x-strata-cache-similarity", f"{self.similarity:.4f}".encode()))
         if o.target is not None:
             out += [
                 (b"x-strata-model", o.target.label.encode()),

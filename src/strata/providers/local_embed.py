@@ -57,8 +57,12 @@ class LocalEmbedProvider(Provider):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from sentence_transformers import SentenceTransformer
 
-        self._model = SentenceTransformer(str(self.path), device="cpu", local_files_only=True)
-        self.max_context = int(self._model.max_seq_length)
+        model = SentenceTransformer(str(self.path), device="cpu", local_files_only=True)
+        # The first forward pass is several times slower than the rest: pay it here,
+        # not in the first request (a semantic cache lookup has a short timeout).
+        model.encode(["warm up"], convert_to_numpy=True)
+        self.max_context = int(model.max_seq_length or 512)
+        self._model = model
 
     def ready(self) -> bool:
         return self._model is not None

@@ -25,6 +25,8 @@ class Principal:
     is_admin: bool
     # An operator may turn capability-based routing off for a key (cheap tier).
     auto_routing: bool = True
+    # Semantic cache opt-in for this key; None: as the alias says.
+    semantic_cache: bool | None = None
 
 
 def generate_key() -> str:

@@ -16,10 +16,10 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from strata.storage.models import UsageRecord
+from strata.storage.models import Base, UsageRecord
 
 # Core table (created by migration 0008); kept here so alerts need no ORM model.
-_meta = sa.MetaData()
+_meta = Base.metadata  # one metadata: migrations are checked against it
 alert_deliveries = sa.Table(
     "alert_deliveries",
     _meta,
@@ -40,6 +40,8 @@ alert_deliveries = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("delivered_at", sa.DateTime(timezone=True)),
     sa.UniqueConstraint("dedupe_key", "channel", name="uq_alert_deliveries_key_channel"),
+    sa.Index("ix_alert_deliveries_created", "created_at"),
+    sa.Index("ix_alert_deliveries_scope", "scope", "scope_id"),
 )
 
 PENDING, SENT, FAILED = "pending", "sent", "failed"

@@ -64,6 +64,7 @@ async def find_active(engine: AsyncEngine, key_hash: str) -> Principal | None:
                     ApiKey.user_id,
                     ApiKey.is_admin,
                     ApiKey.auto_routing,
+                    ApiKey.semantic_cache,
                 ).where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))
             )
         ).first()
@@ -75,6 +76,7 @@ async def find_active(engine: AsyncEngine, key_hash: str) -> Principal | None:
         user_id=row.user_id,
         is_admin=row.is_admin,
         auto_routing=row.auto_routing,
+        semantic_cache=row.semantic_cache,
     )
 
 
@@ -110,6 +112,21 @@ async def set_auto_routing(engine: AsyncEngine, key_id: str, on: bool) -> str | 
                 update(ApiKey)
                 .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
                 .values(auto_routing=on)
+                .returning(ApiKey.key_hash)
+            )
+        ).first()
+    return row.key_hash if row else None
+
+
+async def set_semantic_cache(engine: AsyncEngine, key_id: str, on: bool | None) -> str | None:
+    """Opt a key in to (True) or out of (False) the semantic cache, or back to the
+    alias's setting (None); returns its hash (to evict caches) or None if no such key."""
+    async with engine.begin() as conn:
+        row = (
+            await conn.execute(
+                update(ApiKey)
+                .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
+                .values(semantic_cache=on)
                 .returning(ApiKey.key_hash)
             )
         ).first()

@@ -9,17 +9,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Column, DateTime, MetaData, String, Table, delete, func, select
+from sqlalchemy import Column, DateTime, String, Table, delete, func, select
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from strata.limits.config import BudgetCaps, RuleSet
+from strata.storage.models import Base
 
 LIMIT_SCOPES = ("key", "user", "tenant", "alias")
 BUDGET_SCOPES = ("key", "user", "tenant")
 
 # Core tables for the queries (created by migration 0007).
-_meta = MetaData()
+_meta = Base.metadata  # one metadata: migrations are checked against it
 limit_overrides = Table(
     "limit_overrides",
     _meta,
