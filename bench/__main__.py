@@ -1,5 +1,9 @@
 """``python -m bench`` (``make bench``): Strata's overhead over a static upstream.
 
+Modes: non-streaming, streaming, cache-exact (wrk; every request after the first an
+exact cache hit) and cache-semantic (a Python client on one connection; semantic
+cache hits and misses on a separate Strata with the embedded embedding model).
+
     make bench                          # full: 3 interleaved repeats of 15s runs
     .venv/bin/python -m bench --quick   # smoke test: one repeat of 5s runs
     BENCH_DURATION=30 make bench        # or --duration 30; see --help for the rest
@@ -17,6 +21,9 @@ import sys
 from pathlib import Path
 
 from bench.measure import MODES, BadResponses, Plan
+
+SEMANTIC = "cache-semantic"
+ALL_MODES = [*MODES, SEMANTIC]
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -43,7 +50,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--connections", type=int, help="wrk connections (env BENCH_CONNECTIONS, 32)")
     p.add_argument("--threads", type=int, help="wrk threads (env BENCH_THREADS, 1)")
     p.add_argument("--warmup", type=float, help="seconds of warm-up per mode (env BENCH_WARMUP, 3)")
-    p.add_argument("--mode", choices=["all", *MODES], default="all")
+    p.add_argument(
+        "--semantic-pairs",
+        type=int,
+        help="cache-semantic: paraphrase pairs per repeat (env BENCH_SEMANTIC_PAIRS, 150)",
+    )
+    p.add_argument("--mode", choices=["all", *ALL_MODES], default="all")
     p.add_argument("--keep", action="store_true", help="keep the temporary work directory")
     p.add_argument("--strict", action="store_true", help="exit 3 when a target fails")
     p.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
@@ -65,16 +77,20 @@ def make_plan(args: argparse.Namespace) -> Plan:
         repeats=int(pick(args.repeats, "BENCH_REPEATS", 3, 1)),
         connections=int(pick(args.connections, "BENCH_CONNECTIONS", 32, 32)),
         threads=int(pick(args.threads, "BENCH_THREADS", 1, 1)),
+        semantic_pairs=int(pick(args.semantic_pairs, "BENCH_SEMANTIC_PAIRS", 150, 50)),
     )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     plan = make_plan(args)
-    if plan.repeats < 1 or plan.connections < 1 or plan.duration_s < 1:
-        print("repeats, connections and duration must be at least 1", file=sys.stderr)
+    if min(plan.repeats, plan.connections, plan.duration_s, plan.semantic_pairs) < 1:
+        print(
+            "repeats, connections, duration and semantic pairs must be at least 1",
+            file=sys.stderr,
+        )
         return 2
-    modes = list(MODES) if args.mode == "all" else [args.mode]
+    modes = list(ALL_MODES) if args.mode == "all" else [args.mode]
     from bench import report
     from bench.run import run
 

@@ -1,4 +1,9 @@
-"""One mode (non-streaming or streaming): interleaved wrk runs, CPU of Strata and its services."""
+"""One wrk mode (non-streaming, streaming, cache-exact): interleaved wrk runs against the
+static stub directly and through Strata, CPU of Strata and its services.
+
+cache-exact sends ``temperature: 0``, which Strata caches by default: after the first
+request every one is an exact hit served from Redis (``x-strata-cache: hit-exact``).
+"""
 
 from __future__ import annotations
 
@@ -19,11 +24,18 @@ class Mode:
     model: str
     stream: bool
     stub_kind: str
+    temperature: float | None = None
+    # The x-strata-cache header every response after the first must carry.
+    expect_cache: str | None = None
+
+    def body(self) -> bytes:
+        return wrk.request_body(self.model, self.stream, self.temperature)
 
 
 MODES = {
     "non-streaming": Mode("non-streaming", "stub", False, "json"),
     "streaming": Mode("streaming", "stub-sse", True, "sse"),
+    "cache-exact": Mode("cache-exact", "stub", False, "json", 0.0, "hit-exact"),
 }
 
 
@@ -35,6 +47,8 @@ class Plan:
     repeats: int
     connections: int
     threads: int
+    # cache-semantic: paraphrase pairs per repeat.
+    semantic_pairs: int = 150
 
 
 class BadResponses(RuntimeError):
@@ -62,14 +76,28 @@ def check_response(mode: Mode, status: int, raw: bytes) -> str | None:
     return None
 
 
-def sanity(server: StrataServer, mode: Mode) -> None:
-    status, raw = server.request(wrk.request_body(mode.model, mode.stream))
-    problem = check_response(mode, status, raw)
-    if problem:
-        raise BadResponses(
-            f"{mode.name}: Strata answered badly ({problem}); body:\n"
-            f"{raw[:2000].decode(errors='replace')}\nStrata log tail:\n{server.log_tail()}"
-        )
+def check_cache(mode: Mode, headers: dict[str, str]) -> str | None:
+    """Why a repeated request was not served as ``mode`` expects, or None."""
+    if mode.expect_cache is None:
+        return None
+    got = headers.get("x-strata-cache")
+    if got != mode.expect_cache:
+        return f"x-strata-cache: {got or '(absent)'}, expected {mode.expect_cache}"
+    return None
+
+
+def sanity(server: StrataServer, mode: Mode, *, first: bool = True) -> None:
+    """A proper completion; for a cache mode, a second request that is a hit."""
+    for attempt in range(2 if first and mode.expect_cache else 1):
+        status, headers, raw = server.request_full(mode.body())
+        problem = check_response(mode, status, raw)
+        if problem is None and (attempt or not first or not mode.expect_cache):
+            problem = check_cache(mode, headers)
+        if problem:
+            raise BadResponses(
+                f"{mode.name}: Strata answered badly ({problem}); headers {headers}; body:\n"
+                f"{raw[:2000].decode(errors='replace')}\nStrata log tail:\n{server.log_tail()}"
+            )
 
 
 def _load(
@@ -81,7 +109,7 @@ def _load(
 
 def _fail_on_errors(server: StrataServer, mode: Mode, target: str, res: wrk.WrkResult) -> None:
     if res.non_2xx:
-        status, raw = server.request(wrk.request_body(mode.model, mode.stream))
+        status, raw = server.request(mode.body())
         raise BadResponses(
             f"{mode.name}: {res.non_2xx} of {res.requests} {target} responses were not 2xx; "
             f"a sample request now gets HTTP {status}:\n{raw[:2000].decode(errors='replace')}\n"
@@ -114,7 +142,7 @@ class Runner:
         work: Path,
     ) -> None:
         self.server, self.mode, self.plan = server, mode, plan
-        body = wrk.request_body(mode.model, mode.stream)
+        body = mode.body()
         self.urls = {"direct": stub_url, "strata": server.base + "/v1/chat/completions"}
         self.scripts = {
             "direct": wrk.lua_script(work / f"direct-{mode.stub_kind}.lua", body, None),
@@ -160,13 +188,18 @@ def measure(
 ) -> dict[str, Any]:
     runner = Runner(server, stub_url, nginx_pid, mode, plan, work)
     sanity(server, mode)
+    sanity_requests = 2 if mode.expect_cache else 1
     print(f"  {mode.name}: warm-up {plan.warmup_s:.0f}s", flush=True)
     runner.one("strata", plan.connections, plan.warmup_s)
     out: dict[str, Any] = {
         "throughput": runner.pairs(plan.connections, plan.duration_s),
         "one_connection": runner.pairs(1, plan.latency_duration_s),
     }
-    out["strata_requests_completed"] = runner.completed + 1  # + the sanity request
+    if mode.expect_cache:
+        # Still hits after the load (Redis did not drop out: that would say bypass).
+        sanity(server, mode, first=False)
+        sanity_requests += 1
+    out["strata_requests_completed"] = runner.completed + sanity_requests
     out["median"] = summarize(out)
     return out
 
@@ -194,6 +227,7 @@ def summarize(out: dict[str, Any]) -> dict[str, float]:
         "lat1_direct_p50_ms": _med(one, "direct", "p50_ms"),
         "lat1_strata_p50_ms": _med(one, "strata", "p50_ms"),
         "lat1_cpu_ms_per_request": _med_cpu(one, "strata"),
+        "lat1_redis_cpu_ms_per_request": _med_cpu(one, "redis"),
         "added_latency_ms": float(
             median(p["strata"]["wrk"]["p50_ms"] - p["direct"]["wrk"]["p50_ms"] for p in one)
         ),

@@ -1,4 +1,8 @@
-"""Start the stub and Strata, measure every mode, stop everything, report."""
+"""Start the stub and Strata, measure every mode, stop everything, report.
+
+The wrk modes share one Strata without local models (its RSS is a target);
+cache-semantic gets its own, with the embedded embedding model.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +19,8 @@ from typing import Any
 import psutil
 
 from bench import report
+from bench.cache_semantic import NAME as SEMANTIC
+from bench.cache_semantic import measure_semantic
 from bench.measure import MODES, Plan, measure
 from bench.procs import ensure_tools, rss_mib, service_pids
 from bench.server import StrataServer
@@ -64,28 +70,15 @@ def _services_rss(server: StrataServer) -> float:
     return total / 2**20
 
 
-def run(plan: Plan, modes: list[str], *, keep: bool) -> dict[str, Any]:
-    ensure_tools(["nginx", "wrk"])
-    work = Path(tempfile.mkdtemp(prefix="strata-bench-"))
-    stub = NginxStub(work)
-    server: StrataServer | None = None
-    t0 = time.monotonic()
+def _wrk_modes(
+    plan: Plan, modes: list[str], stub: NginxStub, work: Path, results: dict[str, Any]
+) -> None:
+    """The wrk modes on one Strata (no embedding model): results, RSS, usage check."""
+    server = StrataServer(work, f"{stub.base}/json/v1", f"{stub.base}/sse/v1")
+    print("starting strata (embedded PostgreSQL and Redis, migrations, a bench key)...", flush=True)
     try:
-        stub.start()
-        print(f"upstream: nginx stub on {stub.base} (pid {stub.proc.pid if stub.proc else '?'})")
-        server = StrataServer(work, f"{stub.base}/json/v1", f"{stub.base}/sse/v1")
-        print(
-            "starting strata (embedded PostgreSQL and Redis, migrations, a bench key)...",
-            flush=True,
-        )
         server.start()
         print(f"strata: {server.base} (pid {server.pid}), log {server.log}", flush=True)
-        results: dict[str, Any] = {
-            "timestamp": time.strftime("%Y%m%dT%H%M%S"),
-            "machine": machine(),
-            "plan": vars(plan),
-            "modes": {},
-        }
         completed = 0
         for name in modes:
             mode = MODES[name]
@@ -104,17 +97,60 @@ def run(plan: Plan, modes: list[str], *, keep: bool) -> dict[str, Any]:
                 "completed": completed,
                 "verdict": "ok" if ok else "MISMATCH",
             }
+    finally:
+        print("stopping strata...", flush=True)
+        server.stop()
+
+
+def _semantic_mode(plan: Plan, stub: NginxStub, work: Path, results: dict[str, Any]) -> None:
+    """cache-semantic on its own Strata, with the embedded embedding model loaded."""
+    server = StrataServer(work, f"{stub.base}/json/v1", f"{stub.base}/sse/v1", semantic=True)
+    print(
+        f"starting strata for {SEMANTIC} (embedded PostgreSQL and Redis, the embedding model)...",
+        flush=True,
+    )
+    try:
+        t0 = time.monotonic()
+        server.start()  # /readyz waits for the embedding model
+        print(
+            f"strata: {server.base} (pid {server.pid}), ready in {time.monotonic() - t0:.0f}s, "
+            f"log {server.log}",
+            flush=True,
+        )
+        out = measure_semantic(server, stub.url("json"), stub.pid, plan)
+        out["rss_mib"], out["rss_peak_mib"] = rss_mib(server.pid)
+        results["modes"][SEMANTIC] = out
+    finally:
+        print("stopping strata...", flush=True)
+        server.stop()
+
+
+def run(plan: Plan, modes: list[str], *, keep: bool) -> dict[str, Any]:
+    ensure_tools(["nginx", "wrk"])
+    work = Path(tempfile.mkdtemp(prefix="strata-bench-"))
+    stub = NginxStub(work)
+    t0 = time.monotonic()
+    try:
+        stub.start()
+        print(f"upstream: nginx stub on {stub.base} (pid {stub.proc.pid if stub.proc else '?'})")
+        results: dict[str, Any] = {
+            "timestamp": time.strftime("%Y%m%dT%H%M%S"),
+            "machine": machine(),
+            "plan": vars(plan),
+            "modes": {},
+        }
+        wrk_modes = [m for m in modes if m in MODES]
+        if wrk_modes:
+            _wrk_modes(plan, wrk_modes, stub, work, results)
+        if SEMANTIC in modes:
+            _semantic_mode(plan, stub, work, results)
         results["targets"] = report.evaluate(results)
         results["elapsed_s"] = round(time.monotonic() - t0, 1)
         return results
     finally:
-        print("stopping strata and nginx...", flush=True)
-        try:
-            if server is not None:
-                server.stop()
-        finally:
-            stub.stop()
-            if keep:
-                print(f"kept the work directory {work}")
-            else:
-                shutil.rmtree(work, ignore_errors=True)
+        print("stopping nginx...", flush=True)
+        stub.stop()
+        if keep:
+            print(f"kept the work directory {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)

@@ -35,10 +35,12 @@ class WrkResult:
         return asdict(self)
 
 
-def request_body(model: str, stream: bool) -> bytes:
+def request_body(model: str, stream: bool, temperature: float | None = None) -> bytes:
     body: dict[str, object] = {"model": model, "messages": [{"role": "user", "content": "hello"}]}
     if stream:
         body["stream"] = True
+    if temperature is not None:
+        body["temperature"] = temperature
     return json.dumps(body).encode()
 
 
