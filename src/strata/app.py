@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.routing import Route
 
-from strata.api import chat, embeddings, health, models, usage
+from strata.api import admin_limits, chat, embeddings, health, models, usage
 from strata.api.errors import install as install_error_handlers
 from strata.api.fast import Endpoint, StrataApp
 from strata.api.middleware import RequestContextMiddleware
@@ -44,7 +44,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     install_error_handlers(app)
-    for module in (models, usage, health):
+    for module in (models, usage, health, admin_limits):
         app.include_router(module.router)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
     app.fast_routes = {}
