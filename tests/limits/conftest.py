@@ -179,3 +179,51 @@ async def proxy(limits_redis_url: str) -> AsyncIterator[Proxy]:
     await p.start()
     yield p
     await p.stop()
+
+
+def count_round_trips(r: aioredis.Redis) -> list[list[str]]:
+    """Record every network write of ``r``'s connections: one entry per round trip
+    (a pipeline is one), holding the names of the commands it carried."""
+    trips: list[list[str]] = []
+    pool = r.connection_pool
+    original_get = pool.get_connection
+
+    def counted(conn: Any) -> Any:
+        send = conn.send_packed_command
+        if getattr(send, "_counted", False):
+            return conn
+
+        async def send_packed_command(command: Any, *args: Any, **kwargs: Any) -> Any:
+            raw = command if isinstance(command, bytes) else b"".join(command)
+            trips.append(_command_names(raw))
+            return await send(command, *args, **kwargs)
+
+        send_packed_command._counted = True  # type: ignore[attr-defined]
+        conn.send_packed_command = send_packed_command
+        return conn
+
+    async def get_connection(*args: Any, **kwargs: Any) -> Any:
+        return counted(await original_get(*args, **kwargs))
+
+    pool.get_connection = get_connection  # type: ignore[method-assign]
+    return trips
+
+
+def _command_names(raw: bytes) -> list[str]:
+    """The command names in RESP bytes (``*<n>`` then n ``$<len>`` bulk strings each)."""
+    names, i = [], 0
+    while i < len(raw):
+        end = raw.index(b"\r\n", i)
+        count = int(raw[i + 1 : end])
+        i = end + 2
+        args = []
+        for _ in range(count):
+            end = raw.index(b"\r\n", i)
+            size = int(raw[i + 1 : end])
+            args.append(raw[end + 2 : end + 2 + size])
+            i = end + 2 + size + 2
+        name = args[0].decode().upper()
+        if name == "SCRIPT":
+            name += " " + args[1].decode().upper()
+        names.append(name)
+    return names

@@ -30,8 +30,9 @@ D = Decimal
 
 
 def budgets(r: aioredis.Redis, prefix: str, clock: DateClock, **settings: Any) -> Budgets:
+    daily_alert = settings.pop("daily_alert_usd", None)
     s = BudgetsSettings(**{"redis_timeout_s": 2.0, **settings})
-    return Budgets(r, s, clock=clock, prefix=prefix)
+    return Budgets(r, s, clock=clock, prefix=prefix, daily_alert_usd=daily_alert)
 
 
 async def hash_of(r: aioredis.Redis, key: str) -> dict[str, Decimal]:

@@ -23,8 +23,8 @@ becomes a tombstone, so a late settle still charges exactly once).
 
 Soft limit: ``soft_pct`` of a cap; a reservation beyond it passes and reports
 ``soft_exceeded``. Alerts: each settle reports the ``alert_thresholds`` of each cap
-(and the deployment-wide ``daily_alert_usd``) that this settle's spend crossed;
-an increment crosses a value at most once, so each crossing is reported by
+(and the deployment-wide ``daily_alert_usd``; both set under ``alerts:``) that this
+settle's spend crossed; an increment crosses a value at most once, so each crossing is reported by
 exactly one settle in the whole deployment.
 
 Failure policy: each call waits at most ``redis_timeout_s``; on an error Redis is
@@ -129,6 +129,7 @@ class Reservation:
     local: bool = False  # made in memory while Redis was unreachable
     soft_exceeded: list[tuple[str, str, Period]] = field(default_factory=list)
     settled: bool = False
+    made_at: datetime = field(default_factory=lambda: datetime.now(UTC), compare=False)
 
     @property
     def worst_case_usd(self) -> Decimal:
@@ -178,7 +179,12 @@ class Budgets:
         clock: Callable[[], datetime] | None = None,
         prefix: str = PREFIX,
         on_crossing: Callable[[list[Crossing]], Any] | None = None,
+        alert_thresholds: Sequence[float] = (0.5, 0.8, 1.0),
+        daily_alert_usd: Decimal | None = None,
     ) -> None:
+        # Alert settings live under ``alerts:`` (thresholds, daily_alert_usd).
+        self.alert_thresholds = sorted(set(alert_thresholds))
+        self.daily_alert_usd = daily_alert_usd
         self.redis = redis
         self.s = settings
         self.overrides = overrides or Overrides()
@@ -265,82 +271,117 @@ class Budgets:
 
     async def reserve(self, subjects: Sequence[Subject], worst_case_usd: Decimal) -> Reservation:
         """Reserve ``worst_case_usd`` against every cap, or raise ``BudgetExceeded``."""
-        now = self.clock()
-        slots = self._slots(subjects, now)
-        worst = max(0, to_units(worst_case_usd, ROUND_CEILING))
-        res = Reservation(uuid.uuid4().hex, worst, tuple(slots), self._charge_only(now))
-        if self._redis_usable():
-            now_ms = int(now.timestamp() * 1000)
-            deadline = now_ms + int(self.s.reservation_ttl_s * 1000)
-            args: list[Any] = [
-                now_ms,
-                res.id,
-                worst,
-                deadline,
-                RECORD_MARGIN_MS,
-                f"{self.prefix}:res:",
-                SWEEP_BATCH,
-                " ".join([f"{-1 if s.cap is None else s.cap} {s.ttl_s(now)}" for s in slots]),
-            ]
-            keys = [self._pending_key, self._record_key(res.id), *(s.key for s in slots)]
+        res = self.new_reservation(subjects, worst_case_usd)
+        if self.redis_usable():
+            keys, args = self.reserve_args(res)
             try:
                 async with asyncio.timeout(self.s.redis_timeout_s):
-                    raw = (await self._eval(RESERVE_SCRIPT, keys, args)).split()
+                    reply = await self._eval(RESERVE_SCRIPT, keys, args)
             except (RedisError, OSError, TimeoutError) as exc:
-                self._failed(exc)
+                self.failed(exc)
             else:
-                self._recovered()
-                if not int(raw[0]):
-                    slot = slots[int(raw[1]) - 1]
-                    self._view[slot.key] = [int(raw[2]), int(raw[3])]
-                    raise self._exceeded(slot, now)
-                for i, s in enumerate(slots):
-                    spent, reserved = int(raw[2 + 2 * i]), int(raw[3 + 2 * i])
-                    self._view[s.key] = [spent, reserved + worst]
-                    if s.soft is not None and spent + reserved + worst > s.soft:
-                        res.soft_exceeded.append((s.scope, s.id, s.period))
+                exceeded = self.reserve_reply(res, reply)
+                if exceeded is not None:
+                    raise exceeded
                 return res
-        # Redis unreachable: enforce from the last spend seen, in memory.
+        exceeded = self.reserve_local(res)
+        if exceeded is not None:
+            raise exceeded
+        return res
+
+    # The steps of reserve and settle, for callers that send the scripts themselves
+    # (``Gate`` pipelines them with the rate-limit scripts): build a call, read its
+    # reply, or do without Redis.
+
+    def new_reservation(self, subjects: Sequence[Subject], worst_case_usd: Decimal) -> Reservation:
+        """A reservation of ``worst_case_usd`` against ``subjects``, not yet made."""
+        now = self.clock()
+        worst = max(0, to_units(worst_case_usd, ROUND_CEILING))
+        slots = tuple(self._slots(subjects, now))
+        return Reservation(uuid.uuid4().hex, worst, slots, self._charge_only(now), made_at=now)
+
+    def reserve_args(self, res: Reservation) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of ``RESERVE_SCRIPT``."""
+        now = res.made_at
+        now_ms = int(now.timestamp() * 1000)
+        deadline = now_ms + int(self.s.reservation_ttl_s * 1000)
+        args: list[Any] = [
+            now_ms,
+            res.id,
+            res.worst_units,
+            deadline,
+            RECORD_MARGIN_MS,
+            f"{self.prefix}:res:",
+            SWEEP_BATCH,
+            " ".join([f"{-1 if s.cap is None else s.cap} {s.ttl_s(now)}" for s in res.slots]),
+        ]
+        keys = [self._pending_key, self._record_key(res.id), *(s.key for s in res.slots)]
+        return keys, args
+
+    def reserve_reply(self, res: Reservation, reply: Any) -> BudgetExceeded | None:
+        """Read the script's reply: the error to raise if a cap denied, else None (and
+        ``res`` is held in Redis, its ``soft_exceeded`` filled in)."""
+        self.recovered()
+        raw = reply.split()
+        worst = res.worst_units
+        if not int(raw[0]):
+            slot = res.slots[int(raw[1]) - 1]
+            self._view[slot.key] = [int(raw[2]), int(raw[3])]
+            res.settled = True  # nothing was reserved: nothing to settle
+            return self._exceeded(slot, res.made_at)
+        for i, s in enumerate(res.slots):
+            spent, reserved = int(raw[2 + 2 * i]), int(raw[3 + 2 * i])
+            self._view[s.key] = [spent, reserved + worst]
+            if s.soft is not None and spent + reserved + worst > s.soft:
+                res.soft_exceeded.append((s.scope, s.id, s.period))
+        return None
+
+    def reserve_local(self, res: Reservation) -> BudgetExceeded | None:
+        """Redis unreachable: enforce from the last spend seen, in memory."""
         res.local = True
-        for s in slots:
+        worst = res.worst_units
+        for s in res.slots:
             spent, reserved = self._view.get(s.key, (0, 0))
             if s.cap is not None and spent + reserved + worst > s.cap:
-                raise self._exceeded(s, now)
-        for s in slots:
+                res.settled = True
+                return self._exceeded(s, res.made_at)
+        for s in res.slots:
             v = self._view.setdefault(s.key, [0, 0])
             if s.soft is not None and v[0] + v[1] + worst > s.soft:
                 res.soft_exceeded.append((s.scope, s.id, s.period))
             v[1] += worst
         self._trim_view()
-        return res
+        return None
 
     async def settle(self, reservation: Reservation, actual_usd: Decimal) -> list[Crossing]:
         """Replace the reservation by the actual cost (once; later calls do nothing).
 
         Returns the alert thresholds this settle crossed (empty while Redis is down:
         those are reported to ``on_crossing`` when the settle is replayed)."""
-        if reservation.settled:
+        actual = self.begin_settle(reservation, actual_usd)
+        if actual is None:
             return []
-        reservation.settled = True
-        actual = max(0, to_units(actual_usd))
-        if self._redis_usable():
+        if self.redis_usable():
             try:
                 async with asyncio.timeout(self.s.redis_timeout_s):
                     crossings = await self._settle_in_redis(reservation, actual)
             except (RedisError, OSError, TimeoutError) as exc:
-                self._failed(exc)
+                self.failed(exc)
             else:
-                self._recovered()
+                self.recovered()
                 return crossings
-        for s in reservation.slots + reservation.charge_only:
-            v = self._view.setdefault(s.key, [0, 0])
-            v[0] += actual
-            if s in reservation.slots:
-                v[1] = max(0, v[1] - reservation.worst_units)
-        self._queued[reservation.id] = (reservation, actual)
+        self.settle_local(reservation, actual)
         return []
 
-    async def _settle_in_redis(self, res: Reservation, actual: int) -> list[Crossing]:
+    def begin_settle(self, res: Reservation, actual_usd: Decimal) -> int | None:
+        """Mark ``res`` settled; the actual cost in units, or None if it was settled before."""
+        if res.settled:
+            return None
+        res.settled = True
+        return max(0, to_units(actual_usd))
+
+    def settle_args(self, res: Reservation, actual: int) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of ``SETTLE_SCRIPT`` (``actual`` in units)."""
         slots = res.slots + res.charge_only
         keys = [
             self._pending_key,
@@ -348,18 +389,40 @@ class Budgets:
             f"{self.prefix}:replayed:{res.id}",
             *(s.key for s in slots),
         ]
-        args: list[Any] = [res.id, actual, "l" if res.local else "r", REPLAY_MARKER_TTL_S]
         now = self.clock()
-        args.append(" ".join([str(s.ttl_s(now)) for s in slots]))
-        raw = (await self._eval(SETTLE_SCRIPT, keys, args)).split()
+        ttls = " ".join([str(s.ttl_s(now)) for s in slots])
+        return keys, [res.id, actual, "l" if res.local else "r", REPLAY_MARKER_TTL_S, ttls]
+
+    def settle_reply(self, res: Reservation, actual: int, reply: Any) -> list[Crossing]:
+        """The alert thresholds crossed, from the script's reply."""
+        raw = reply.split()
         if not int(raw[0]):
             return []  # settled before (a replay whose first attempt did reach Redis)
         out: list[Crossing] = []
-        for i, s in enumerate(slots):
+        for i, s in enumerate(res.slots + res.charge_only):
             spent, reserved = int(raw[1 + 2 * i]), int(raw[2 + 2 * i])
             self._view[s.key] = [spent, reserved]
             out += self._crossings(s, spent - actual, spent)
         return out
+
+    def settle_local(self, res: Reservation, actual: int) -> None:
+        """Redis unreachable: count the spend in memory, queue the settle for replay
+        (a reservation made in memory and settled at 0 leaves Redis nothing to do)."""
+        if res.local and actual == 0:
+            for s in res.slots:
+                v = self._view.setdefault(s.key, [0, 0])
+                v[1] = max(0, v[1] - res.worst_units)
+            return
+        for s in res.slots + res.charge_only:
+            v = self._view.setdefault(s.key, [0, 0])
+            v[0] += actual
+            if s in res.slots:
+                v[1] = max(0, v[1] - res.worst_units)
+        self._queued[res.id] = (res, actual)
+
+    async def _settle_in_redis(self, res: Reservation, actual: int) -> list[Crossing]:
+        keys, args = self.settle_args(res, actual)
+        return self.settle_reply(res, actual, await self._eval(SETTLE_SCRIPT, keys, args))
 
     def _crossings(self, s: Slot, before: int, after: int) -> list[Crossing]:
         if s.cap is None or after <= before:
@@ -368,7 +431,7 @@ class Budgets:
             kind: Literal["budget_threshold", "daily_spend"] = "daily_spend"
             thresholds = [1.0]
         else:
-            kind, thresholds = "budget_threshold", self.s.alert_thresholds
+            kind, thresholds = "budget_threshold", self.alert_thresholds
         out = []
         for t in thresholds:
             mark = s.cap * Decimal(str(t))
@@ -388,9 +451,9 @@ class Budgets:
         return out
 
     def _charge_only(self, now: datetime) -> tuple[Slot, ...]:
-        if self.s.daily_alert_usd is None:
+        if self.daily_alert_usd is None:
             return ()
-        return (self._slot("deployment", "all", "day", now, self.s.daily_alert_usd),)
+        return (self._slot("deployment", "all", "day", now, self.daily_alert_usd),)
 
     async def spend(self, scope: str, subject: str) -> dict[str, Decimal]:
         """Spend this day and month (UTC) of one subject; from memory if Redis is down."""
@@ -405,7 +468,7 @@ class Budgets:
                     d, m = await pipe.execute()
             values = [int(d or 0), int(m or 0)]
         except (RedisError, OSError, TimeoutError) as exc:
-            self._failed(exc)
+            self.failed(exc)
             values = [self._view.get(k, [0, 0])[0] for k in (day.key, month.key)]
         return {"day": from_units(values[0]), "month": from_units(values[1])}
 
@@ -432,7 +495,8 @@ class Budgets:
         if self._replay_task is not None:
             await asyncio.gather(self._replay_task, return_exceptions=True)
 
-    def _redis_usable(self) -> bool:
+    def redis_usable(self) -> bool:
+        """False while backing off after a Redis failure."""
         return time.monotonic() >= self._down_until
 
     def _exceeded(self, s: Slot, now: datetime) -> BudgetExceeded:
@@ -461,7 +525,8 @@ class Budgets:
             await self.redis.script_load(script)
             return await self.redis.evalsha(sha, len(keys), *keys, *args)
 
-    def _failed(self, exc: BaseException) -> None:
+    def failed(self, exc: BaseException) -> None:
+        """Redis failed (error or timeout): back off, log once per outage, count."""
         self.errors += 1
         self._down_until = time.monotonic() + self.s.down_backoff_s
         if not self._down:
@@ -471,7 +536,8 @@ class Budgets:
                 type(exc).__name__,
             )
 
-    def _recovered(self) -> None:
+    def recovered(self) -> None:
+        """Redis answered: end an outage, start replaying queued settles."""
         if self._down:
             self._down = False
             log.warning("budgets: Redis reachable again; replaying %d settles", self.queued)
@@ -482,7 +548,7 @@ class Budgets:
         try:
             await self.replay()
         except (RedisError, OSError, TimeoutError) as exc:
-            self._failed(exc)
+            self.failed(exc)
 
     def _trim_view(self) -> None:
         # Bounded: subjects of past periods are dropped first (their keys sort by date).

@@ -27,7 +27,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 FailureMode = Literal["open", "closed"]
 Scope = Literal["key", "user", "tenant", "alias"]
@@ -99,18 +99,7 @@ class BudgetsSettings(BaseModel):
     default_max_tokens: int = Field(default=4096, gt=0)
     # 429 like OpenAI's insufficient_quota, or 402 Payment Required.
     over_budget_status: Literal[429, 402] = 429
-    # Alert when the whole deployment's spend today crosses this (None: no alert).
-    daily_alert_usd: Decimal | None = Field(default=None, gt=0)
-    # Fractions of each cap whose crossing is reported (once per period).
-    alert_thresholds: list[float] = Field(default_factory=lambda: [0.5, 0.8, 1.0])
     # A reservation not settled within this long (a crashed instance) is released.
     reservation_ttl_s: float = Field(default=900.0, gt=0)
     redis_timeout_s: float = Field(default=0.05, gt=0)
     down_backoff_s: float = Field(default=2.0, ge=0)
-
-    @field_validator("alert_thresholds")
-    @classmethod
-    def _positive(cls, v: list[float]) -> list[float]:
-        if any(t <= 0 for t in v):
-            raise ValueError("alert thresholds are fractions of a cap, above 0 (0.8 = 80%)")
-        return sorted(set(v))

@@ -308,21 +308,36 @@ class RateLimiter:
         if not limits:
             return Decision(True)
         tokens = max(0, tokens)
-        costs = [tokens if lim.tokens else 1 for lim in limits]
-        if time.monotonic() >= self._down_until:
-            spec = " ".join([f"{lim.spec} {cost}" for lim, cost in zip(limits, costs, strict=True)])
-            args = [self._now_arg(), EPS_MS, spec, EXPIRY_SLACK_MS]
+        if self.redis_usable():
+            keys, args = self.check_args(limits, tokens)
             try:
                 async with asyncio.timeout(self.s.redis_timeout_s):
-                    reply = await self._eval(CHECK_SCRIPT, [lim.key for lim in limits], args)
-                raw = reply.split()
+                    reply = await self._eval(CHECK_SCRIPT, keys, args)
             except (RedisError, OSError, TimeoutError) as exc:
-                self._failed(exc)
+                self.failed(exc)
             else:
-                self._recovered()
-                return self._decide(limits, raw, tokens, fallback=False)
+                return self.check_reply(limits, reply, tokens)
+        return self.check_fallback(limits, tokens)
+
+    # The steps of a check, for callers that send the script themselves (``Gate``
+    # pipelines it with the budget reserve): build the call, read its reply, or
+    # decide without Redis.
+
+    def check_args(self, limits: Sequence[Limit], tokens: int) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of ``CHECK_SCRIPT`` for ``limits`` (``tokens`` >= 0)."""
+        spec = " ".join([f"{lim.spec} {tokens if lim.tokens else 1}" for lim in limits])
+        return [lim.key for lim in limits], [self._now_arg(), EPS_MS, spec, EXPIRY_SLACK_MS]
+
+    def check_reply(self, limits: Sequence[Limit], reply: Any, tokens: int) -> Decision:
+        """The decision from the script's reply (Redis answered: any outage is over)."""
+        self.recovered()
+        return self._decide(limits, reply.split(), tokens, fallback=False)
+
+    def check_fallback(self, limits: Sequence[Limit], tokens: int) -> Decision:
+        """Redis unreachable: reject if a limit fails closed, else decide in memory."""
         if any(lim.failure_mode == "closed" for lim in limits):
             return Decision(False, retry_after_s=max(1.0, self.s.down_backoff_s), unavailable=True)
+        costs = [tokens if lim.tokens else 1 for lim in limits]
         now = (self.clock or time.time)() * 1000
         return self._decide(limits, self.local.check(limits, costs, now), tokens, fallback=True)
 
@@ -357,26 +372,34 @@ class RateLimiter:
 
     async def correct(self, decision: Decision, actual_tokens: int) -> None:
         """Move the token limits by ``actual - estimate`` (never raises)."""
+        call = self.correct_args(decision, actual_tokens)
+        if call is None:
+            return
+        try:
+            async with asyncio.timeout(self.s.redis_timeout_s * 4):
+                await self._eval(CORRECT_SCRIPT, *call)
+        except (RedisError, OSError, TimeoutError) as exc:
+            self.failed(exc)
+
+    def correct_args(
+        self, decision: Decision, actual_tokens: int
+    ) -> tuple[list[str], list[Any]] | None:
+        """KEYS and ARGV of ``CORRECT_SCRIPT``, or None when Redis has nothing to do
+        (nothing to correct; a decision made in memory, corrected there now; or Redis
+        away, when the correction is dropped)."""
         delta = actual_tokens - decision.estimate
         if not decision.allowed or not decision.token_limits or delta == 0:
-            return
+            return None
         limits = decision.token_limits
         deltas = [delta * lim.emission_ms for lim in limits]
         if decision.fallback:
             now = (self.clock or time.time)() * 1000
             self.local.correct(limits, deltas, now)
-            return
-        if time.monotonic() < self._down_until:
-            return  # consumed in Redis, which is away: the correction is dropped
-        try:
-            async with asyncio.timeout(self.s.redis_timeout_s * 4):
-                await self._eval(
-                    CORRECT_SCRIPT,
-                    [lim.key for lim in limits],
-                    [self._now_arg(), " ".join(map(repr, deltas)), EXPIRY_SLACK_MS],
-                )
-        except (RedisError, OSError, TimeoutError) as exc:
-            self._failed(exc)
+            return None
+        if not self.redis_usable():
+            return None  # consumed in Redis, which is away: the correction is dropped
+        keys = [lim.key for lim in limits]
+        return keys, [self._now_arg(), " ".join(map(repr, deltas)), EXPIRY_SLACK_MS]
 
     def correct_later(self, decision: Decision, actual_tokens: int) -> None:
         """``correct`` in the background: the response never waits for it."""
@@ -405,7 +428,12 @@ class RateLimiter:
             await self.redis.script_load(script)
             return await self.redis.evalsha(sha, len(keys), *keys, *args)
 
-    def _failed(self, exc: BaseException) -> None:
+    def redis_usable(self) -> bool:
+        """False while backing off after a Redis failure."""
+        return time.monotonic() >= self._down_until
+
+    def failed(self, exc: BaseException) -> None:
+        """Redis failed (error or timeout): back off, log once per outage, count."""
         self.errors += 1
         self._down_until = time.monotonic() + self.s.down_backoff_s
         if not self._down:
@@ -415,7 +443,7 @@ class RateLimiter:
                 type(exc).__name__,
             )
 
-    def _recovered(self) -> None:
+    def recovered(self) -> None:
         if self._down:
             self._down = False
             self.local = LocalGcra()
