@@ -14,6 +14,7 @@ from strata.cli import (
     cache_cmd,
     config_cmd,
     keys_cmd,
+    limits_cmd,
     models_cmd,
     route_cmd,
     usage_cmd,
@@ -43,6 +44,8 @@ app.add_typer(config_cmd.app, name="config")
 app.add_typer(route_cmd.app, name="route")
 app.add_typer(cache_cmd.app, name="cache")
 app.add_typer(alerts_cmd.app, name="alerts")
+app.add_typer(limits_cmd.app, name="limits")
+app.add_typer(limits_cmd.budgets_app, name="budgets")
 app.command("usage")(usage_cmd.usage)
 app.command("models")(models_cmd.models)
 
