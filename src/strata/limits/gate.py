@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from strata.limits.budget import BudgetExceeded, Budgets, Reservation
 from strata.limits.rate import Decision, RateLimiter
@@ -224,10 +224,14 @@ class Gate:
         """One round trip for ``calls``: their replies, or the error each got (a call
         that got NOSCRIPT is loaded and sent again, once: a second round trip)."""
         redis = self.redis
-        async with redis.pipeline(transaction=False) as pipe:
-            for script, keys, args in calls:
-                pipe.evalsha(SHAS[script], len(keys), *keys, *args)
-            replies: list[Any] = await pipe.execute(raise_on_error=False)
+        pool = getattr(redis, "connection_pool", None)
+        if pool is not None:
+            replies = await _pipeline(pool, calls)
+        else:  # another client type: its own pipeline
+            async with redis.pipeline(transaction=False) as pipe:
+                for script, keys, args in calls:
+                    pipe.evalsha(SHAS[script], len(keys), *keys, *args)
+                replies = await pipe.execute(raise_on_error=False)
         lost = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
         if lost:
             async with redis.pipeline(transaction=False) as pipe:
@@ -321,3 +325,48 @@ class Gate:
         task = asyncio.create_task(coro)
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
+
+
+async def _pipeline(pool: Any, calls: Sequence[Call]) -> list[Any]:
+    """Send EVALSHAs in one write on one pooled connection and read their replies.
+
+    What ``redis.pipeline(transaction=False)`` does, for a fraction of its client CPU
+    (it packs every argument through the generic encoder): the arguments here are
+    str, int and float only. An error reply is returned in its call's place; any
+    other failure (or cancellation) drops the connection, which may be mid-reply."""
+    conn = await pool.get_connection()
+    try:
+        await conn.send_packed_command(_pack(calls), check_health=False)
+        replies: list[Any] = []
+        for _ in calls:
+            try:
+                replies.append(await conn.read_response())
+            except ResponseError as exc:  # the whole reply was read: still in sync
+                replies.append(exc)
+    except BaseException:
+        await conn.disconnect(nowait=True)
+        raise
+    finally:
+        await pool.release(conn)
+    return replies
+
+
+def _pack(calls: Sequence[Call]) -> bytes:
+    """RESP for ``EVALSHA sha numkeys key... arg...`` of each call, in one buffer."""
+    out: list[bytes] = []
+    for script, keys, args in calls:
+        out.append(
+            b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n%b\r\n"
+            % (len(keys) + len(args) + 3, SHAS[script].encode())
+        )
+        n = str(len(keys)).encode()
+        out.append(b"$%d\r\n%b\r\n" % (len(n), n))
+        for item in (*keys, *args):
+            if type(item) is float:
+                raw = repr(item).encode()
+            elif isinstance(item, bytes):
+                raw = item
+            else:
+                raw = str(item).encode()
+            out.append(b"$%d\r\n%b\r\n" % (len(raw), raw))
+    return b"".join(out)
