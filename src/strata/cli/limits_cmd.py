@@ -50,7 +50,7 @@ from strata.storage.repositories import limits as repo
 app = typer.Typer(no_args_is_help=True, help="Show and override rate limits.")
 budgets_app = typer.Typer(no_args_is_help=True, help="Show spend and set budget caps (USD).")
 
-KeyArg = typer.Argument(None, metavar="[KEY_ID]", help="a key id (key_…)")
+KeyArg = typer.Argument(None, metavar="KEY_ID", help="a key id (key_…)")
 UserOpt = typer.Option(None, "--user", "-u", metavar="TENANT/USER")
 TenantOpt = typer.Option(None, "--tenant", "-t")
 AliasOpt = typer.Option(None, "--alias", "-a", help="a model alias (limits only)")
