@@ -79,7 +79,9 @@ async def admit(g: Gate, user: str = "alice", **kwargs: Any) -> Admission:
 
 async def budget_hash(r: aioredis.Redis, prefix: str, user: str = "alice") -> dict[str, Decimal]:
     raw = await r.hgetall(f"{prefix}:budget:user:acme/{user}:d:20260310")
-    return {bytes(k).decode(): D(int(v)) * D("1e-10") for k, v in raw.items()}
+    return {
+        (k.decode() if isinstance(k, bytes) else k): D(int(v)) * D("1e-10") for k, v in raw.items()
+    }
 
 
 async def test_one_round_trip_to_admit_and_one_to_finish(
@@ -330,3 +332,30 @@ def test_rate_and_budgets_must_share_a_client() -> None:
     with pytest.raises(ValueError, match="one Redis client"):
         Gate(rate, bg)
     assert Gate(rate, Budgets(b, BudgetsSettings(enabled=False))).budgets is None
+
+
+def test_packed_calls_match_redis_py() -> None:
+    from redis.asyncio.connection import Connection
+
+    from strata.limits.gate import _pack
+
+    calls: list[tuple[str, list[str], list[Any]]] = [
+        (CHECK_SCRIPT, ["a:rl:user:acme/zoë:rps"], [-1, 0.01, "100.0 1000.0 1", 1000]),
+        (CHECK_SCRIPT, ["a:rl:key:k:rps"], [1.8e12 + 0.25, 0.01, "x", 7]),
+    ]
+    conn = Connection()
+    for batch in (calls[:1], calls[1:], calls):
+        expected = b"".join(
+            b"".join(conn.pack_command("EVALSHA", SHAS[s], len(k), *k, *a)) for s, k, a in batch
+        )
+        assert _pack(batch) == expected
+
+
+async def test_non_ascii_subjects(make_redis: MakeRedis, prefix: str) -> None:
+    r = make_redis()
+    g = make_gate(r, prefix, budgets={"user": BudgetCaps(daily_usd=D(1))})
+    a = await admit(g, user="zoë", worst_case_usd=D("0.3"))
+    assert a.decision.requests is not None and a.decision.requests.remaining == 9
+    g.finish(a, tokens=100, cost_usd=D("0.2"))
+    await g.aclose()
+    assert await budget_hash(r, prefix, "zoë") == {"spent": D("0.2"), "reserved": 0}

@@ -101,9 +101,10 @@ class Slot:
     soft: int | None  # units
     expire_at: int  # unix seconds
 
-    def ttl_s(self, now: datetime) -> int:
-        # Relative to the caller's clock (Redis' own clock may differ from an injected one).
-        return max(1, self.expire_at - int(now.timestamp()))
+    def ttl_s(self, now_s: int) -> int:
+        # Relative to the caller's clock (Redis' own clock may differ from an injected
+        # one); ``now_s``: unix seconds.
+        return max(1, self.expire_at - now_s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,6 +305,7 @@ class Budgets:
         """KEYS and ARGV of ``RESERVE_SCRIPT``."""
         now = res.made_at
         now_ms = int(now.timestamp() * 1000)
+        now_s = now_ms // 1000
         deadline = now_ms + int(self.s.reservation_ttl_s * 1000)
         args: list[Any] = [
             now_ms,
@@ -313,7 +315,7 @@ class Budgets:
             RECORD_MARGIN_MS,
             f"{self.prefix}:res:",
             SWEEP_BATCH,
-            " ".join([f"{-1 if s.cap is None else s.cap} {s.ttl_s(now)}" for s in res.slots]),
+            " ".join([f"{-1 if s.cap is None else s.cap} {s.ttl_s(now_s)}" for s in res.slots]),
         ]
         keys = [self._pending_key, self._record_key(res.id), *(s.key for s in res.slots)]
         return keys, args
@@ -389,8 +391,8 @@ class Budgets:
             f"{self.prefix}:replayed:{res.id}",
             *(s.key for s in slots),
         ]
-        now = self.clock()
-        ttls = " ".join([str(s.ttl_s(now)) for s in slots])
+        now_s = int(self.clock().timestamp())
+        ttls = " ".join([str(s.ttl_s(now_s)) for s in slots])
         return keys, [res.id, actual, "l" if res.local else "r", REPLAY_MARKER_TTL_S, ttls]
 
     def settle_reply(self, res: Reservation, actual: int, reply: Any) -> list[Crossing]:

@@ -352,21 +352,32 @@ async def _pipeline(pool: Any, calls: Sequence[Call]) -> list[Any]:
 
 
 def _pack(calls: Sequence[Call]) -> bytes:
-    """RESP for ``EVALSHA sha numkeys key... arg...`` of each call, in one buffer."""
+    """RESP for ``EVALSHA sha numkeys key... arg...`` of each call, in one buffer.
+
+    Built as text and encoded once; text with non-ASCII (a subject id) is encoded
+    argument by argument, as RESP lengths count bytes."""
+    out: list[str] = []
+    for script, keys, args in calls:
+        out.append(f"*{len(keys) + len(args) + 3}\r\n$7\r\nEVALSHA\r\n$40\r\n{SHAS[script]}\r\n")
+        n = str(len(keys))
+        out.append(f"${len(n)}\r\n{n}\r\n")
+        for item in keys:
+            out.append(f"${len(item)}\r\n{item}\r\n")
+        for arg in args:
+            text = repr(arg) if type(arg) is float else str(arg)
+            out.append(f"${len(text)}\r\n{text}\r\n")
+    packed = "".join(out)
+    if packed.isascii():
+        return packed.encode()
+    return _pack_bytes(calls)
+
+
+def _pack_bytes(calls: Sequence[Call]) -> bytes:
     out: list[bytes] = []
     for script, keys, args in calls:
-        out.append(
-            b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n%b\r\n"
-            % (len(keys) + len(args) + 3, SHAS[script].encode())
-        )
-        n = str(len(keys)).encode()
-        out.append(b"$%d\r\n%b\r\n" % (len(n), n))
-        for item in (*keys, *args):
-            if type(item) is float:
-                raw = repr(item).encode()
-            elif isinstance(item, bytes):
-                raw = item
-            else:
-                raw = str(item).encode()
+        out.append(b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n" % (len(keys) + len(args) + 3))
+        out.append(SHAS[script].encode() + b"\r\n")
+        for item in (str(len(keys)), *keys, *args):
+            raw = (repr(item) if type(item) is float else str(item)).encode()
             out.append(b"$%d\r\n%b\r\n" % (len(raw), raw))
     return b"".join(out)
