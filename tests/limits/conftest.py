@@ -123,6 +123,8 @@ class Proxy:
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        # True: Redis gets every command, its replies are dropped (a reply lost).
+        self.muted = False
 
     @property
     def url(self) -> str:
@@ -156,15 +158,18 @@ class Proxy:
             writer.close()
             return
         self._writers.add(up_writer)
-        for r, w in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.create_task(self._pipe(r, w))
+        for r, w, replies in ((reader, up_writer, False), (up_reader, writer, True)):
+            task = asyncio.create_task(self._pipe(r, w, replies))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    @staticmethod
-    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, replies: bool
+    ) -> None:
         try:
             while data := await reader.read(65536):
+                if replies and self.muted:
+                    continue
                 writer.write(data)
                 await writer.drain()
         except (ConnectionError, OSError):

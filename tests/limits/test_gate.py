@@ -359,3 +359,27 @@ async def test_non_ascii_subjects(make_redis: MakeRedis, prefix: str) -> None:
     g.finish(a, tokens=100, cost_usd=D("0.2"))
     await g.aclose()
     assert await budget_hash(r, prefix, "zoë") == {"spent": D("0.2"), "reserved": 0}
+
+
+async def test_reserve_without_reply_released_when_redis_answers(
+    make_redis: MakeRedis, prefix: str, proxy: Proxy
+) -> None:
+    g = make_gate(
+        make_redis(proxy.url),
+        prefix,
+        budgets={"user": BudgetCaps(daily_usd=D(1))},
+        timeout_s=0.3,
+        down_backoff_s=0,
+    )
+    g.finish(await admit(g, worst_case_usd=D("0.1")), tokens=100, cost_usd=D("0.1"))
+    await g.drain()
+    proxy.muted = True  # Redis runs the scripts; their replies are lost
+    lost = await admit(g, worst_case_usd=D("0.3"))
+    assert lost.decision.fallback and lost.reservation is not None and lost.reservation.local
+    r = make_redis()
+    assert await budget_hash(r, prefix) == {"spent": D("0.1"), "reserved": D("0.3")}
+    proxy.muted = False
+    g.finish(lost, tokens=100, cost_usd=D("0.2"))  # reaches Redis: the copy is released
+    await g.aclose()
+    assert await budget_hash(r, prefix) == {"spent": D("0.3"), "reserved": 0}
+    assert g.budgets is not None and g.budgets.queued == 0

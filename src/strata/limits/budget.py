@@ -34,7 +34,10 @@ Redis (updated by every reserve and settle; a subject it never saw starts at 0)
 plus what it reserved and spent since. Settles made while down are queued and
 applied when Redis answers again, each exactly once (a reservation made in Redis
 by its record; one made in memory by a marker ``strata:budget:replayed:{id}``).
-Crossings found while replaying go to ``on_crossing``.
+Crossings found while replaying go to ``on_crossing``. A reserve that got no reply
+(a timeout: it may have reached Redis) is enforced in memory like any other, and
+its possible copy in Redis is released first when Redis answers again, so it does
+not hold the cap for ``reservation_ttl_s``.
 """
 
 from __future__ import annotations
@@ -199,6 +202,9 @@ class Budgets:
         self._view: dict[str, list[int]] = {}
         # Settles made while Redis was unreachable, by reservation id, in order.
         self._queued: dict[str, tuple[Reservation, int]] = {}
+        # Reserves sent that got no reply (timeout, dropped connection): each may
+        # hold a reservation in Redis, released (settled at 0) when Redis answers.
+        self._abandoned: dict[str, Reservation] = {}
         self._replay_task: asyncio.Task[None] | None = None
         # Per-request work done once: merged override caps, and slots per subject and day.
         self._merged: dict[tuple[str, str], BudgetCaps] = {}
@@ -280,6 +286,7 @@ class Budgets:
                     reply = await self._eval(RESERVE_SCRIPT, keys, args)
             except (RedisError, OSError, TimeoutError) as exc:
                 self.failed(exc)
+                self.abandon(res)
             else:
                 exceeded = self.reserve_reply(res, reply)
                 if exceeded is not None:
@@ -337,6 +344,16 @@ class Budgets:
             if s.soft is not None and spent + reserved + worst > s.soft:
                 res.soft_exceeded.append((s.scope, s.id, s.period))
         return None
+
+    def abandon(self, res: Reservation) -> None:
+        """A reserve of ``res`` was sent but got no reply: Redis may hold it. Released
+        when Redis answers again (before ``reserve_local`` takes ``res`` over; that
+        one is charged by its own settle)."""
+        twin = Reservation(res.id, res.worst_units, res.slots, res.charge_only, made_at=res.made_at)
+        twin.settled = True
+        self._abandoned[res.id] = twin
+        if len(self._abandoned) > MAX_CACHED:  # the oldest are released by their TTL
+            self._abandoned.pop(next(iter(self._abandoned)))
 
     def reserve_local(self, res: Reservation) -> BudgetExceeded | None:
         """Redis unreachable: enforce from the last spend seen, in memory."""
@@ -479,6 +496,10 @@ class Budgets:
 
         Safe to repeat or to run on several instances: each applies at most once."""
         done = 0
+        for rid, twin in list(self._abandoned.items()):
+            async with asyncio.timeout(REPLAY_TIMEOUT_S):
+                await self._settle_in_redis(twin, 0)
+            self._abandoned.pop(rid, None)
         for rid, (res, actual) in list(self._queued.items()):
             async with asyncio.timeout(REPLAY_TIMEOUT_S):
                 crossings = await self._settle_in_redis(res, actual)
@@ -543,7 +564,8 @@ class Budgets:
         if self._down:
             self._down = False
             log.warning("budgets: Redis reachable again; replaying %d settles", self.queued)
-        if self._queued and (self._replay_task is None or self._replay_task.done()):
+        waiting = self._queued or self._abandoned
+        if waiting and (self._replay_task is None or self._replay_task.done()):
             self._replay_task = asyncio.create_task(self._replay_in_background())
 
     async def _replay_in_background(self) -> None:

@@ -261,6 +261,7 @@ class Gate:
             return budgets.reserve_reply(res, reply)
         if isinstance(reply, BaseException):
             budgets.failed(reply)
+            budgets.abandon(res)
         return budgets.reserve_local(res)
 
     def _release(self, res: Reservation) -> None:
