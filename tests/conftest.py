@@ -64,6 +64,9 @@ TEST_CONFIG: dict[str, Any] = {
     },
     # Flush usage often so tests can read their records quickly.
     "usage": {"flush_interval_s": 0.1},
+    # Limits stay on (every request takes the limiter's path) but do not throttle
+    # the suite, whose tests share a few users; tests of limits set their own.
+    "limits": {"user": {"requests_per_second": 1000}},
 }
 
 
@@ -122,7 +125,22 @@ class ServerThread:
             self.app, host="127.0.0.1", port=self.port, log_config=None, access_log=False
         )
         self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_until_complete(self.server.serve())
+        finally:
+            self.loop.close()
+
+    def call(self, coro: Any, timeout_s: float = 30.0) -> Any:
+        """Run a coroutine on the server's event loop (its runtime lives there)."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout_s)
+
+    async def acall(self, coro: Any) -> Any:
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
 
     @property
     def base_url(self) -> str:

@@ -31,6 +31,8 @@ class StrataError(Exception):
     status: int = 500
     type: str = "server_error"
     code: str | None = None
+    # Sent with the error response too, e.g. the x-ratelimit-* headers.
+    extra_headers: list[tuple[bytes, bytes]] = []  # replaced, never mutated in place
 
     def __init__(
         self,
@@ -58,10 +60,11 @@ class StrataError(Exception):
         }
 
     def headers(self) -> dict[str, str]:
-        if self.retry_after is None:
-            return {}
-        # Retry-After is whole seconds; never advertise 0 for a real wait.
-        return {"retry-after": str(max(1, int(self.retry_after + 0.999)))}
+        out = {k.decode(): v.decode() for k, v in self.extra_headers}
+        if self.retry_after is not None:
+            # Retry-After is whole seconds; never advertise 0 for a real wait.
+            out["retry-after"] = str(max(1, int(self.retry_after + 0.999)))
+        return out
 
 
 class ConfigError(StrataError):

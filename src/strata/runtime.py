@@ -6,16 +6,24 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from strata.alerts.dispatcher import AlertDispatcher
+from strata.alerts.events import Alert
 from strata.cache.exact import ExactCache
 from strata.cache.semantic import SemanticCache
 from strata.errors import ConfigError
 from strata.gateway.chat import ChatService
 from strata.gateway.embeddings import EmbeddingService
 from strata.gateway.meter import Meter
+from strata.gateway.quota import Quota
+from strata.limits.budget import Budgets, Crossing
+from strata.limits.gate import Gate
+from strata.limits.overrides import Overrides
+from strata.limits.rate import RateLimiter
 from strata.providers.base import Provider
 from strata.providers.registry import build_providers
 from strata.routing.auto import AutoRouter
@@ -47,6 +55,11 @@ class Runtime:
     auth: Authenticator
     chat: ChatService
     embeddings: EmbeddingService
+    overrides: Overrides
+    rate: RateLimiter
+    gate: Gate
+    budgets: Budgets
+    alerts: AlertDispatcher
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
@@ -77,23 +90,50 @@ class Runtime:
         )
         auto = AutoRouter(settings, providers, redis)
         semantic = _semantic_cache(settings, providers, engine)
+        alerts = AlertDispatcher(redis, engine, settings.alerts)
+        overrides = Overrides.from_engine(engine, refresh_s=settings.limits.overrides_refresh_s)
+        rate = RateLimiter(redis, settings.limits, overrides=overrides)
+        budgets = Budgets(
+            redis,
+            settings.budgets,
+            overrides=overrides,
+            on_crossing=lambda crossings: _background(alert_crossings(alerts, crossings)),
+            alert_thresholds=settings.alerts.thresholds,
+            daily_alert_usd=settings.alerts.daily_alert_usd,
+        )
+        gate = Gate(
+            rate if settings.limits.enabled else None,
+            budgets if settings.budgets.enabled else None,
+        )
+        pricer = Pricer(settings)
+        quota = Quota(gate, router, pricer, settings.budgets.default_max_tokens)
         rt = cls(
             settings=settings,
             engine=engine,
             redis=redis,
             providers=providers,
             router=router,
-            pricer=Pricer(settings),
+            pricer=pricer,
             recorder=recorder,
             auth=auth,
             dispatcher=dispatcher,
-            chat=ChatService(dispatcher, auto, ExactCache(redis, settings.cache), semantic),
-            embeddings=EmbeddingService(dispatcher),
+            chat=ChatService(dispatcher, auto, ExactCache(redis, settings.cache), semantic, quota),
+            embeddings=EmbeddingService(dispatcher, quota),
+            overrides=overrides,
+            rate=rate,
+            gate=gate,
+            budgets=budgets,
+            alerts=alerts,
         )
         for p in providers.values():
             await p.start()
         await recorder.start()
         await semantic.start()
+        try:
+            await overrides.refresh()
+        except Exception as exc:  # the refresh task keeps trying
+            log.warning("limit overrides not loaded yet (%s)", type(exc).__name__)
+        rt.tasks.append(asyncio.create_task(overrides.run()))
         rt.tasks.append(asyncio.create_task(semantic.expire_forever()))
         rt.tasks.append(asyncio.create_task(auth.listen_for_revocations(redis)))
         rt.tasks.append(asyncio.create_task(dispatcher.publish_latency(redis)))
@@ -107,6 +147,10 @@ class Runtime:
         for t in self.tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
+        await self.gate.aclose()
+        await self.rate.aclose()
+        await self.budgets.aclose()
+        await self.alerts.aclose()
         await self.chat.cache.drain()
         if self.chat.semantic is not None:
             await self.chat.semantic.drain()
@@ -121,6 +165,32 @@ class Runtime:
 
     def meter(self, principal: Principal, request_id: str, endpoint: str) -> Meter:
         return Meter(self.recorder, self.pricer, principal, request_id, endpoint)
+
+
+_BACKGROUND: set[asyncio.Task[None]] = set()
+
+
+def _background(coro: Any) -> None:
+    task = asyncio.get_running_loop().create_task(coro)
+    _BACKGROUND.add(task)
+    task.add_done_callback(_BACKGROUND.discard)
+
+
+async def alert_crossings(alerts: AlertDispatcher, crossings: list[Crossing]) -> None:
+    """Budget thresholds crossed by a settle: one alert each (deduplicated by alerts)."""
+    for c in crossings:
+        await alerts.fire(
+            Alert(
+                kind=c.kind,
+                scope=c.scope,
+                scope_id=c.scope_id,
+                period=c.period,
+                period_start=c.period_start,
+                threshold=c.threshold,
+                spent=c.spent,
+                cap=c.cap,
+            )
+        )
 
 
 def _semantic_cache(

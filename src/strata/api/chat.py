@@ -7,6 +7,7 @@ from typing import Any
 
 from strata.api.fast import header, read_json, send_json
 from strata.api.sse import SSEResponse
+from strata.errors import StrataError
 from strata.gateway.chat import Controls
 from strata.gateway.schemas import ChatRequest, validate
 from strata.observability.logging import request_id_var
@@ -37,6 +38,8 @@ async def chat_completions(scope: dict[str, Any], receive: Any, send: Any) -> No
         raise
     except Exception as exc:
         meter.failed(exc)
+        if isinstance(exc, StrataError) and meter.admission is not None:
+            exc.extra_headers = meter.quota_headers()  # x-ratelimit-* on errors too
         raise
     if body.get("stream"):
         # The stream owns the meter and settles it when it ends, however it ends.

@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 from strata.api.fast import header, read_json, send_json
+from strata.errors import StrataError
 from strata.gateway.schemas import EmbeddingRequest, validate
 from strata.observability.logging import request_id_var
 from strata.runtime import Runtime
@@ -26,6 +27,8 @@ async def embeddings(scope: dict[str, Any], receive: Any, send: Any) -> None:
         raise
     except Exception as exc:
         meter.failed(exc)
+        if isinstance(exc, StrataError) and meter.admission is not None:
+            exc.extra_headers = meter.quota_headers()  # x-ratelimit-* on errors too
         raise
     meter.ok()
     await send_json(send, out, extra=meter.headers())

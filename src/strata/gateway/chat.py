@@ -21,6 +21,7 @@ from strata.cache.exact import BYPASS, ExactCache, Hit, Plan, check_control, rep
 from strata.cache.semantic import SemanticCache, SemanticPlan
 from strata.errors import ProviderTimeout, StrataError
 from strata.gateway.meter import Meter
+from strata.gateway.quota import Quota, max_tokens_of
 from strata.providers.base import ChatResult, Provider, estimate_prompt_tokens
 from strata.routing.auto import AutoRouter
 from strata.routing.dispatch import Dispatcher
@@ -74,11 +75,13 @@ class ChatService:
         auto: AutoRouter,
         cache: ExactCache,
         semantic: SemanticCache | None = None,
+        quota: Quota | None = None,
     ) -> None:
         self.dispatcher = dispatcher
         self.auto = auto
         self.cache = cache
         self.semantic = semantic
+        self.quota = quota
 
     async def complete(
         self, body: dict[str, Any], meter: Meter, controls: Controls = Controls()
@@ -131,6 +134,15 @@ class ChatService:
         is metered here."""
         check_control(controls.cache)
         alias = await self._route(body, meter, controls)
+        if self.quota is not None:
+            await self.quota.admit(
+                meter,
+                requested=meter.event.alias,
+                alias=alias,
+                kind="chat",
+                prompt_tokens=meter.prompt_estimate,
+                max_tokens=max_tokens_of(body),
+            )
         plans = self._plan(alias, body, meter, controls)
         hit = await self.cache.get(plans.exact)
         if hit is None and plans.semantic is not None and self.semantic is not None:

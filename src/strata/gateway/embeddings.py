@@ -7,14 +7,16 @@ from typing import Any
 
 from strata.errors import InvalidRequest
 from strata.gateway.meter import Meter
+from strata.gateway.quota import Quota
 from strata.providers.base import EmbedResult
 from strata.routing.dispatch import Dispatcher
 from strata.routing.router import Target
 
 
 class EmbeddingService:
-    def __init__(self, dispatcher: Dispatcher) -> None:
+    def __init__(self, dispatcher: Dispatcher, quota: Quota | None = None) -> None:
         self.dispatcher = dispatcher
+        self.quota = quota
 
     async def embed(self, body: dict[str, Any], meter: Meter) -> dict[str, Any]:
         alias = body["model"]
@@ -26,6 +28,16 @@ class EmbeddingService:
             raise InvalidRequest(
                 f"model '{alias}' takes text input; token arrays are not supported",
                 param="input",
+            )
+
+        if self.quota is not None:
+            await self.quota.admit(
+                meter,
+                requested=alias,
+                alias=alias,
+                kind="embedding",
+                # About four characters per token: corrected after the call.
+                prompt_tokens=sum(len(x) for x in inputs) // 4 + len(inputs),
             )
 
         async def call(target: Target) -> EmbedResult:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from decimal import Decimal
+from typing import Any
 
 from strata.cache.exact import Hit
 from strata.errors import StrataError
@@ -19,8 +20,10 @@ class Meter:
     __slots__ = (
         "_done",
         "_start",
+        "admission",
         "decision",
         "event",
+        "gate",
         "outcome",
         "pricer",
         "principal",
@@ -44,6 +47,8 @@ class Meter:
         self.principal = principal
         self.prompt_estimate = 0
         self.similarity: float | None = None
+        self.gate: Any = None  # strata.limits.gate.Gate, once admitted
+        self.admission: Any = None
         self.event = UsageEvent(
             request_id=request_id,
             tenant_id=principal.tenant_id,
@@ -54,6 +59,13 @@ class Meter:
         )
         self.outcome = Outcome()
         self.decision: Decision | None = None
+
+    def admitted(self, gate: Any, admission: Any) -> None:
+        """Rate limits passed and the worst case reserved: settled when this finishes."""
+        self.gate, self.admission = gate, admission
+
+    def quota_headers(self) -> list[tuple[bytes, bytes]]:
+        return self.admission.headers() if self.admission is not None else []
 
     def on_target(self, target: Target) -> None:
         """Called before each attempt: the record names the deployment that answered
@@ -114,6 +126,13 @@ class Meter:
                 start=Decimal(0),
             )
             e.cost_usd += e.failed_cost_usd
+        if self.admission is not None:
+            # The budget is charged what the usage record says, exactly once.
+            self.gate.finish(
+                self.admission,
+                tokens=e.prompt_tokens + e.completion_tokens,
+                cost_usd=e.cost_usd,
+            )
         self.recorder.record(e)
 
     def routed(self, decision: Decision) -> None:
@@ -134,7 +153,7 @@ class Meter:
         """What happened, for the client: x-strata-model, -attempts, -fallback, -route,
         -cache."""
         o = self.outcome
-        out = []
+        out = self.quota_headers()
         if self.event.cache is not None:
             out.append((b"x-strata-cache", self.event.cache.encode()))
             if self.similarity is not None:

@@ -69,6 +69,8 @@ from strata.limits.units import (
 log = logging.getLogger("strata.limits")
 
 PREFIX = "strata:budget"
+# Consecutive timeouts that count as an outage (a connection error is one at once).
+TIMEOUTS_BEFORE_BACKOFF = 3
 # Period hashes outlive their period by this much (``budgets show`` of yesterday).
 PERIOD_MARGIN = timedelta(days=1)
 # A reservation's record outlives its deadline this long (a late settle still finds it).
@@ -198,6 +200,7 @@ class Budgets:
         self.errors = 0
         self._down = False
         self._down_until = 0.0
+        self._timeouts = 0  # consecutive
         # key -> [spent, reserved] units as last seen in Redis, plus local changes.
         self._view: dict[str, list[int]] = {}
         # Settles made while Redis was unreachable, by reservation id, in order.
@@ -551,6 +554,12 @@ class Budgets:
     def failed(self, exc: BaseException) -> None:
         """Redis failed (error or timeout): back off, log once per outage, count."""
         self.errors += 1
+        if isinstance(exc, TimeoutError):
+            # A lone timeout is usually this process's event loop running late under
+            # load, not Redis: decide this request without Redis, keep using it.
+            self._timeouts += 1
+            if self._timeouts < TIMEOUTS_BEFORE_BACKOFF:
+                return
         self._down_until = time.monotonic() + self.s.down_backoff_s
         if not self._down:
             self._down = True
@@ -560,6 +569,7 @@ class Budgets:
             )
 
     def recovered(self) -> None:
+        self._timeouts = 0
         """Redis answered: end an outage, start replaying queued settles."""
         if self._down:
             self._down = False

@@ -66,7 +66,9 @@ class LimitsSettings(BaseModel):
     tenant: RuleSet = RuleSet()
     aliases: dict[str, RuleSet] = Field(default_factory=dict)
     # One check may not hold a request longer than this; then the fallback applies.
-    redis_timeout_s: float = Field(default=0.05, gt=0)
+    # Redis answers in well under a millisecond; this is for a Redis that hangs.
+    # Shorter, and a busy event loop's own lateness reads as Redis timing out.
+    redis_timeout_s: float = Field(default=0.25, gt=0)
     # After a Redis failure, skip Redis this long (no request waits on a dead Redis).
     down_backoff_s: float = Field(default=2.0, ge=0)
     # How often each instance reloads the per-key/user/tenant overrides.
@@ -101,5 +103,7 @@ class BudgetsSettings(BaseModel):
     over_budget_status: Literal[429, 402] = 429
     # A reservation not settled within this long (a crashed instance) is released.
     reservation_ttl_s: float = Field(default=900.0, gt=0)
-    redis_timeout_s: float = Field(default=0.05, gt=0)
+    # Redis answers in well under a millisecond; this is for a Redis that hangs.
+    # Shorter, and a busy event loop's own lateness reads as Redis timing out.
+    redis_timeout_s: float = Field(default=0.25, gt=0)
     down_backoff_s: float = Field(default=2.0, ge=0)

@@ -54,6 +54,8 @@ log = logging.getLogger("strata.limits")
 
 # Redis key prefix of rate-limit state (one string per limit: its tat in ms).
 PREFIX = "strata:rl"
+# Consecutive timeouts that count as an outage (a connection error is one at once).
+TIMEOUTS_BEFORE_BACKOFF = 3
 # A limit's key outlives its full bucket by this much (ms), so a slow clock read
 # never resets a bucket early.
 EXPIRY_SLACK_MS = 1000
@@ -250,6 +252,7 @@ class RateLimiter:
         self.errors = 0
         self._down = False
         self._down_until = 0.0
+        self._timeouts = 0  # consecutive
         self._compiled: dict[tuple[str, str], list[Limit]] = {}
         self._compiled_version = -1
         self._pending: set[asyncio.Task[None]] = set()
@@ -435,6 +438,12 @@ class RateLimiter:
     def failed(self, exc: BaseException) -> None:
         """Redis failed (error or timeout): back off, log once per outage, count."""
         self.errors += 1
+        if isinstance(exc, TimeoutError):
+            # A lone timeout is usually this process's event loop running late under
+            # load, not Redis: decide this request without Redis, keep using it.
+            self._timeouts += 1
+            if self._timeouts < TIMEOUTS_BEFORE_BACKOFF:
+                return
         self._down_until = time.monotonic() + self.s.down_backoff_s
         if not self._down:
             self._down = True
@@ -444,6 +453,7 @@ class RateLimiter:
             )
 
     def recovered(self) -> None:
+        self._timeouts = 0
         if self._down:
             self._down = False
             self.local = LocalGcra()
