@@ -30,6 +30,7 @@ from strata.alerts.config import AlertsSettings
 from strata.cache.guard import DEFAULT_THRESHOLD
 from strata.errors import ConfigError
 from strata.limits.config import BudgetsSettings, LimitsSettings
+from strata.observability.config import ObservabilitySettings
 
 
 class Price(BaseModel):
@@ -103,6 +104,14 @@ class AliasCache(BaseModel):
     multi_turn: bool = False
 
 
+class AliasLogs(BaseModel):
+    """Prompt and completion sampling to the logs for one alias (off by default)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sample_rate: float = Field(default=0.0, ge=0, le=1)
+
+
 class AutoRoute(BaseModel):
     """Capability-based routing: score each request, send it to a tier's alias."""
 
@@ -131,6 +140,7 @@ class Alias(BaseModel):
     route: AutoRoute | None = None
     deployments: list[Deployment] = Field(default_factory=list)
     cache: AliasCache = AliasCache()
+    logs: AliasLogs = AliasLogs()
     # Within a rank: weighted random, or the deployment with fewest calls in flight.
     strategy: Literal["weighted", "least_inflight"] = "weighted"
     # Attempts beyond the first, across all deployments, per request.
@@ -286,6 +296,7 @@ class Settings(BaseSettings):
     limits: LimitsSettings = LimitsSettings()
     budgets: BudgetsSettings = BudgetsSettings()
     alerts: AlertsSettings = AlertsSettings()
+    observability: ObservabilitySettings = ObservabilitySettings()
     providers: dict[str, ProviderConfig] = Field(default_factory=_default_providers)
     models: dict[str, Alias] = Field(default_factory=_default_models)
 
