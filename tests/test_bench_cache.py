@@ -196,6 +196,8 @@ def test_bench_config_is_valid(
     )
     settings = load_settings(path)
     assert {"stub", "stub-sse"} <= set(settings.models)
+    # Rate limits on, but far above what the load reaches.
+    assert settings.limits.enabled and settings.limits.user.requests_per_second == 1_000_000
     if semantic:
         assert settings.models["stub-semantic"].cache.semantic is True
         assert settings.models["embed-default"].kind == "embedding"
