@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from starlette.routing import Route
 
 from strata.api import admin_limits, chat, embeddings, health, models, usage
+from strata.api import metrics as metrics_api
 from strata.api.errors import install as install_error_handlers
 from strata.api.fast import Endpoint, StrataApp
 from strata.api.middleware import RequestContextMiddleware
@@ -46,6 +47,7 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     for module in (models, usage, health, admin_limits):
         app.include_router(module.router)
+    metrics_api.install(app, settings)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
     app.fast_routes = {}
     for path, endpoint in (

@@ -24,6 +24,7 @@ from strata.limits.budget import Budgets, Crossing
 from strata.limits.gate import Gate
 from strata.limits.overrides import Overrides
 from strata.limits.rate import RateLimiter
+from strata.observability.metrics import Metrics
 from strata.providers.base import Provider
 from strata.providers.registry import build_providers
 from strata.routing.auto import AutoRouter
@@ -61,6 +62,7 @@ class Runtime:
     budgets: Budgets
     alerts: AlertDispatcher
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    metrics: Metrics | None = None
 
     @classmethod
     async def start(cls, settings: Settings) -> Runtime:
@@ -125,6 +127,7 @@ class Runtime:
             budgets=budgets,
             alerts=alerts,
         )
+        rt.metrics = await _metrics(rt)
         for p in providers.values():
             await p.start()
         await recorder.start()
@@ -160,14 +163,29 @@ class Runtime:
                 await p.close()
             except Exception:
                 log.exception("closing provider %s failed", p.name)
+        if self.metrics is not None:
+            await self.metrics.close()
         await self.redis.aclose()
         await self.engine.dispose()
 
     def meter(self, principal: Principal, request_id: str, endpoint: str) -> Meter:
-        return Meter(self.recorder, self.pricer, principal, request_id, endpoint)
+        return Meter(self.recorder, self.pricer, principal, request_id, endpoint, self.metrics)
 
 
 _BACKGROUND: set[asyncio.Task[None]] = set()
+
+
+async def _metrics(rt: Runtime) -> Metrics | None:
+    """This runtime's metrics (None when disabled: no per-request hook at all), served
+    on their own loopback port when ``metrics.port`` is set."""
+    s = rt.settings.observability.metrics
+    if not s.enabled:
+        return None
+    metrics = Metrics(s, rt.settings.models)
+    metrics.watch(rt)
+    if s.port is not None:
+        await metrics.serve(s.port)
+    return metrics
 
 
 def _background(coro: Any) -> None:

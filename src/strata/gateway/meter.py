@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from strata.cache.exact import Hit
 from strata.errors import StrataError
@@ -15,6 +15,9 @@ from strata.security.keys import Principal
 from strata.usage.pricing import Pricer
 from strata.usage.recorder import UsageEvent, UsageRecorder
 
+if TYPE_CHECKING:
+    from strata.observability.metrics import Metrics
+
 
 class Meter:
     __slots__ = (
@@ -23,7 +26,9 @@ class Meter:
         "admission",
         "decision",
         "event",
+        "exc",
         "gate",
+        "metrics",
         "outcome",
         "pricer",
         "principal",
@@ -39,8 +44,13 @@ class Meter:
         principal: Principal,
         request_id: str,
         endpoint: str,
+        metrics: Metrics | None = None,
     ) -> None:
         self.recorder = recorder
+        self.metrics = metrics
+        self.exc: BaseException | None = None
+        if metrics is not None:
+            metrics.started(endpoint)
         self.pricer = pricer
         self._start = time.perf_counter()
         self._done = False
@@ -89,6 +99,7 @@ class Meter:
         self._finish("cancelled", 499, "client_disconnected")
 
     def failed(self, exc: BaseException) -> None:
+        self.exc = exc
         if isinstance(exc, StrataError):
             self._finish("error", exc.status, type(exc).__name__)
         else:
@@ -134,6 +145,8 @@ class Meter:
                 cost_usd=e.cost_usd,
             )
         self.recorder.record(e)
+        if self.metrics is not None:
+            self.metrics.observe(e, self.exc)
 
     def routed(self, decision: Decision) -> None:
         self.decision = decision
