@@ -14,6 +14,8 @@ from strata.api import metrics as metrics_api
 from strata.api.errors import install as install_error_handlers
 from strata.api.fast import Endpoint, StrataApp
 from strata.api.middleware import RequestContextMiddleware
+from strata.observability import tracing
+from strata.observability.sentry import init_sentry
 from strata.runtime import Runtime
 from strata.settings import Settings
 
@@ -21,6 +23,9 @@ GC_GEN0_THRESHOLD = 20_000
 
 
 def create_app(settings: Settings) -> FastAPI:
+    # Once per process; a missing DSN secret fails here, at start-up.
+    init_sentry(settings.observability.sentry)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.runtime = await Runtime.start(settings)
@@ -58,4 +63,10 @@ def create_app(settings: Settings) -> FastAPI:
         app.fast_routes[("POST", path)] = RequestContextMiddleware(
             endpoint, max_body_bytes=settings.max_body_bytes
         )
+    if tracing.configured(settings.observability.tracing):
+        # Outermost layer: the server span covers every other (and their log lines).
+        app.add_middleware(tracing.ServerSpans, owner=app)
+        app.fast_routes = {
+            k: tracing.ServerSpans(v, app, route=k[1]) for k, v in app.fast_routes.items()
+        }
     return app

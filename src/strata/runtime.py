@@ -25,6 +25,7 @@ from strata.limits.gate import Gate
 from strata.limits.overrides import Overrides
 from strata.limits.rate import RateLimiter
 from strata.observability.metrics import Metrics
+from strata.observability.tracing import Tracing, current_trace_id
 from strata.providers.base import Provider
 from strata.providers.registry import build_providers
 from strata.routing.auto import AutoRouter
@@ -62,6 +63,7 @@ class Runtime:
     budgets: Budgets
     alerts: AlertDispatcher
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    tracing: Tracing | None = None  # None: tracing off
     metrics: Metrics | None = None
 
     @classmethod
@@ -72,6 +74,7 @@ class Runtime:
                 "services and sets them; otherwise set STRATA_DATABASE_URL and STRATA_REDIS_URL)"
             )
         providers = build_providers(settings)
+        tracing = Tracing.from_settings(settings.observability.tracing)
         engine = make_engine(settings.database_url)
         redis = aioredis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
         router = Router(settings, providers)
@@ -85,6 +88,7 @@ class Runtime:
             buffer_max=settings.usage.buffer_max,
             flush_interval_s=settings.usage.flush_interval_s,
         )
+        recorder.tracer = tracing.tracer if tracing is not None else None
         auth = Authenticator(
             lambda h: key_repo.find_active(engine, h),
             ttl_s=settings.auth.key_cache_ttl_s,
@@ -126,6 +130,7 @@ class Runtime:
             gate=gate,
             budgets=budgets,
             alerts=alerts,
+            tracing=tracing,
         )
         rt.metrics = await _metrics(rt)
         for p in providers.values():
@@ -167,9 +172,13 @@ class Runtime:
             await self.metrics.close()
         await self.redis.aclose()
         await self.engine.dispose()
+        if self.tracing is not None:
+            await self.tracing.shutdown()  # after the last usage write: its span too
 
     def meter(self, principal: Principal, request_id: str, endpoint: str) -> Meter:
-        return Meter(self.recorder, self.pricer, principal, request_id, endpoint, self.metrics)
+        meter = Meter(self.recorder, self.pricer, principal, request_id, endpoint, self.metrics)
+        meter.event.trace_id = current_trace_id()
+        return meter
 
 
 _BACKGROUND: set[asyncio.Task[None]] = set()

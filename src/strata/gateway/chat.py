@@ -22,6 +22,7 @@ from strata.cache.semantic import SemanticCache, SemanticPlan
 from strata.errors import ProviderTimeout, StrataError
 from strata.gateway.meter import Meter
 from strata.gateway.quota import Quota, max_tokens_of
+from strata.observability import tracing
 from strata.providers.base import ChatResult, Provider, estimate_prompt_tokens
 from strata.routing.auto import AutoRouter
 from strata.routing.dispatch import Dispatcher
@@ -133,7 +134,10 @@ class ChatService:
         """Route (for auto aliases), then ask the caches (exact, then semantic); a hit
         is metered here."""
         check_control(controls.cache)
-        alias = await self._route(body, meter, controls)
+        with tracing.span("routing") as span:
+            alias = await self._route(body, meter, controls)
+            if span is not None:
+                span.set_attributes({"strata.alias": meter.event.alias, "strata.routed_to": alias})
         if self.quota is not None:
             await self.quota.admit(
                 meter,
@@ -144,12 +148,15 @@ class ChatService:
                 max_tokens=max_tokens_of(body),
             )
         plans = self._plan(alias, body, meter, controls)
-        hit = await self.cache.get(plans.exact)
-        if hit is None and plans.semantic is not None and self.semantic is not None:
-            hit = await self.semantic.get(plans.semantic)
-        meter.event.cache = plans.status
-        if hit is not None:
-            meter.cache_hit(hit)
+        with tracing.span("cache.lookup") as span:
+            hit = await self.cache.get(plans.exact)
+            if hit is None and plans.semantic is not None and self.semantic is not None:
+                hit = await self.semantic.get(plans.semantic)
+            meter.event.cache = plans.status
+            if hit is not None:
+                meter.cache_hit(hit)
+            if span is not None:
+                span.set_attribute("strata.cache", meter.event.cache)
         return alias, plans, hit
 
     async def _route(self, body: dict[str, Any], meter: Meter, controls: Controls) -> str:
@@ -262,6 +269,13 @@ class ChatStream:
         self._first: list[dict[str, Any]] | None = None
         self._content_chunks = 0
         self._usage_seen = False
+        # The provider attempt's span, when traced: it ends with the stream.
+        self.span: Any = None
+        self._span_model: str | None = None
+        self._span_finish: list[str] = []
+
+    def adopt_span(self, span: Any) -> None:
+        self.span = span
 
     async def prime(self, ttft_timeout_s: float | None = None) -> None:
         try:
@@ -331,6 +345,11 @@ class ChatStream:
         self.meter.first_token()
         if self._on_complete is not None:
             self._collect(chunk)
+        if self.span is not None:
+            self._span_model = chunk.get("model") or self._span_model
+            for choice in chunk.get("choices") or ():
+                if choice.get("finish_reason"):
+                    self._span_finish.append(choice["finish_reason"])
         return sse(chunk)
 
     def _collect(self, chunk: dict[str, Any]) -> None:
@@ -380,6 +399,9 @@ class ChatStream:
             # the upstream did the work (one chunk is about one token).
             self.meter.tokens(self.prompt_estimate, max(0, self._content_chunks - 1))
         self.meter.cancelled()
+        if self.span is not None:
+            span, self.span = self.span, None
+            tracing.end_stream(span, self.meter.event, self._span_model, self._span_finish)
 
     async def _close_upstream(self) -> None:
         aclose = getattr(self._batches, "aclose", None)

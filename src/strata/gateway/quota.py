@@ -18,6 +18,7 @@ from typing import Any
 
 from strata.gateway.meter import Meter
 from strata.limits.gate import Gate
+from strata.observability import tracing
 from strata.routing.router import Router
 from strata.usage.pricing import Pricer
 
@@ -46,14 +47,15 @@ class Quota:
         if self.gate is None:
             return
         p = meter.principal
-        admission = await self.gate.admit(
-            tenant=p.tenant_id,
-            user=p.user_id,
-            key=p.key_id,
-            alias=requested,
-            tokens=prompt_tokens + (max_tokens or 0),
-            worst_case_usd=self.worst_case(alias, kind, prompt_tokens, max_tokens),
-        )
+        with tracing.span("limits"):
+            admission = await self.gate.admit(
+                tenant=p.tenant_id,
+                user=p.user_id,
+                key=p.key_id,
+                alias=requested,
+                tokens=prompt_tokens + (max_tokens or 0),
+                worst_case_usd=self.worst_case(alias, kind, prompt_tokens, max_tokens),
+            )
         meter.admitted(self.gate, admission)
 
     def worst_case(

@@ -27,6 +27,7 @@ from strata.errors import (
     ProviderUnavailable,
     StrataError,
 )
+from strata.observability import tracing
 from strata.providers.base import (
     ChatResult,
     EmbedResult,
@@ -95,7 +96,9 @@ class OpenAICompatProvider(Provider):
     def _post(self, path: str, payload: dict[str, Any]) -> Any:
         if self._session is None:
             raise ProviderUnavailable("not started", provider=self.name)
-        return self._session.post(self.base_url + path, data=orjson.dumps(payload))
+        return self._session.post(
+            self.base_url + path, data=orjson.dumps(payload), headers=tracing.outgoing_headers()
+        )
 
     async def _call(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
         """POST and return the JSON body; every failure becomes a Strata error."""

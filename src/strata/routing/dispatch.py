@@ -28,6 +28,7 @@ from strata.errors import (
     ProviderUnavailable,
     StrataError,
 )
+from strata.observability import tracing
 from strata.providers.base import Provider
 from strata.routing.breaker import CircuitBreakers
 from strata.routing.router import Router, Target
@@ -105,6 +106,7 @@ class Dispatcher:
         tried: dict[str, int] = {}
         last: StrataError | None = None
         min_context = 0
+        attempt = tracing.traced_attempts(self._attempt, kind)
         while outcome.attempts < budget:
             target = await self._next(order, tried, min_context)
             if target is None:
@@ -121,7 +123,7 @@ class Dispatcher:
             if on_target is not None:
                 on_target(target)
             try:
-                result = await self._attempt(target, call, deadline)
+                result = await attempt(target, call, deadline)
             except ContextLengthExceeded as exc:
                 # Only a deployment with a larger window can help.
                 last = exc

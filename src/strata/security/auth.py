@@ -21,6 +21,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from strata.errors import AuthenticationError, ServiceUnavailable
+from strata.observability import tracing
 from strata.security.keys import Principal, hash_key, looks_like_key
 
 log = logging.getLogger("strata.auth")
@@ -47,17 +48,18 @@ class Authenticator:
         self._down_until = 0.0
 
     async def authenticate(self, authorization: str | None) -> Principal:
-        token = _bearer(authorization)
-        key_hash = hash_key(token)
-        now = time.monotonic()
-        hit = self._cache.get(key_hash)
-        if hit is not None and now - hit[1] < self.ttl_s:
-            principal = hit[0]
-        else:
-            principal = await self._refresh(key_hash, hit, now)
-        if principal is None:
-            raise AuthenticationError(f"Incorrect API key provided: {_mask(token)}.")
-        return principal
+        with tracing.span("auth"):
+            token = _bearer(authorization)
+            key_hash = hash_key(token)
+            now = time.monotonic()
+            hit = self._cache.get(key_hash)
+            if hit is not None and now - hit[1] < self.ttl_s:
+                principal = hit[0]
+            else:
+                principal = await self._refresh(key_hash, hit, now)
+            if principal is None:
+                raise AuthenticationError(f"Incorrect API key provided: {_mask(token)}.")
+            return principal
 
     async def _refresh(
         self, key_hash: str, hit: tuple[Principal | None, float] | None, now: float

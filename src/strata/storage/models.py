@@ -102,3 +102,5 @@ class UsageRecord(Base):
     cache: Mapped[str | None] = mapped_column(String(20))
     saved_usd: Mapped[Decimal] = mapped_column(Numeric(20, 10), default=Decimal(0))
     fallback: Mapped[bool] = mapped_column(Boolean, default=False)
+    # W3C trace id (32 hex digits) of the request's trace; None when not traced.
+    trace_id: Mapped[str | None] = mapped_column(String(32))

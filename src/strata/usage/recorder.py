@@ -25,6 +25,8 @@ from typing import Any
 
 import orjson
 
+from strata.observability import tracing
+
 log = logging.getLogger("strata.usage")
 
 UTC = UTC
@@ -59,6 +61,7 @@ class UsageEvent:
     failed_cost_usd: Decimal = Decimal(0)
     cache: str | None = None  # hit-exact | miss | bypass (chat only)
     saved_usd: Decimal = Decimal(0)  # a hit's saving: what the original call cost
+    trace_id: str | None = None  # the request's OpenTelemetry trace, when traced
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     id: uuid.UUID = field(default_factory=uuid.uuid4)
 
@@ -94,6 +97,8 @@ class UsageRecorder:
         self.write_failures = 0
         self.written = 0
         self.spilled = 0
+        # Set by the runtime when tracing is on: each batch written is a span.
+        self.tracer: Any = None
 
     def record(self, event: UsageEvent) -> None:
         """Hot path: O(1), never awaits."""
@@ -133,7 +138,10 @@ class UsageRecorder:
                     self._buffer.popleft() for _ in range(min(self.batch_size, len(self._buffer)))
                 ]
                 try:
-                    await self._write([_row(e) for e in batch])
+                    with tracing.root_span(
+                        self.tracer, "usage.write", {"strata.usage.rows": len(batch)}
+                    ):
+                        await self._write([_row(e) for e in batch])
                 except BaseException:
                     self._buffer.extendleft(reversed(batch))
                     raise

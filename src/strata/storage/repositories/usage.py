@@ -30,6 +30,7 @@ DEFAULTS: dict[str, Any] = {
     "failed_cost_usd": Decimal(0),
     "cache": None,
     "saved_usd": Decimal(0),
+    "trace_id": None,
 }
 
 
