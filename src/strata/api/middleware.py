@@ -2,8 +2,11 @@
 
 Request id: accept ``X-Request-ID`` (if sane) or make one; return it on every
 response and put it on every log line. Body limit: 413 past ``max_body_bytes``.
-Access log: one JSON line per request. Last-resort errors: any exception that
-escapes the app becomes a 500 in OpenAI's error shape, never a traceback.
+Access log: one JSON line per request, written when the response is done
+(streams included: the SSE body is sent inside this call), with the fields the
+request path put in ``request_context`` (tenant, alias). Last-resort errors: any
+exception that escapes the app becomes a 500 in OpenAI's error shape, never a
+traceback, and is reported to Sentry when it is on.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from typing import Any
 import orjson
 
 from strata.errors import BodyTooLarge, StrataError
-from strata.observability.logging import request_id_var
+from strata.observability.logging import request_context, request_id_var
+from strata.observability.sentry import capture_unhandled
 
 log = logging.getLogger("strata.access")
 Scope = dict[str, Any]
@@ -43,6 +47,8 @@ class RequestContextMiddleware:
                 length = int(value) if value.isdigit() else -1
         rid_s = rid.decode() if rid and _SAFE_ID.match(rid) else uuid.uuid4().hex
         token = request_id_var.set(rid_s)
+        fields: dict[str, Any] = {}
+        ctx_token = request_context.set(fields)
         rid_header = (b"x-request-id", rid_s.encode())
         start = time.perf_counter()
         state = {"status": 0}
@@ -73,6 +79,7 @@ class RequestContextMiddleware:
         except Exception as exc:
             if not isinstance(exc, StrataError):
                 log.exception("unhandled error")
+                capture_unhandled(exc)
                 exc = StrataError("The server had an error while processing your request.")
             if state["status"] == 0:
                 await _send_error(send_wrapper, exc)
@@ -83,9 +90,10 @@ class RequestContextMiddleware:
                     "method": scope["method"],
                     "path": scope["path"],
                     "status": state["status"],
-                    "duration_ms": round((time.perf_counter() - start) * 1000, 3),
+                    "latency_ms": round((time.perf_counter() - start) * 1000, 3),
                 },
             )
+            request_context.reset(ctx_token)
             request_id_var.reset(token)
 
 
