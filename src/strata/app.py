@@ -15,6 +15,7 @@ from strata.api.errors import install as install_error_handlers
 from strata.api.fast import Endpoint, StrataApp
 from strata.api.middleware import RequestContextMiddleware
 from strata.observability import tracing
+from strata.observability.sentry import init_sentry
 from strata.runtime import Runtime
 from strata.settings import Settings
 
@@ -22,6 +23,9 @@ GC_GEN0_THRESHOLD = 20_000
 
 
 def create_app(settings: Settings) -> FastAPI:
+    # Once per process; a missing DSN secret fails here, at start-up.
+    init_sentry(settings.observability.sentry)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.runtime = await Runtime.start(settings)
