@@ -208,6 +208,7 @@ def test_limit_rejections_retries_fallbacks_and_breakers(
         providers=FAKES,
         models={
             "fake": {"provider": "fake", "model": "fake-1"},
+            "fake-embed": {"kind": "embedding", "provider": "fake", "model": "emb-1"},
             "metrics-fb": {
                 "deployments": [
                     {"provider": "fake-down", "model": "down-1"},
@@ -229,8 +230,14 @@ def test_limit_rejections_retries_fallbacks_and_breakers(
     headers = {"authorization": f"Bearer {new_key().key}"}
     with httpx.Client(base_url=srv.base_url, headers=headers, timeout=30) as http:
         r = http.post("/v1/chat/completions", json={**body, "model": "metrics-fb"})
+        emb = http.post(
+            "/v1/embeddings",
+            json={"model": "fake-embed", "input": ["a b c"]},
+            headers={"authorization": f"Bearer {new_key().key}"},  # a user of its own
+        )
     assert r.status_code == 200, r.text
     assert r.headers["x-strata-fallback"] == "true"
+    assert emb.status_code == 200, emb.text
     after = settled(url)
     assert delta(before, after, "strata_limit_rejections_total", alias="fake", reason="rate") == (
         codes.count(429)
@@ -241,7 +248,13 @@ def test_limit_rejections_retries_fallbacks_and_breakers(
     assert total(after, "strata_circuit_breaker_state", **state) == 2  # open
     ok = {"alias": "metrics-fb", "deployment": "fake/fake-1"}
     assert total(after, "strata_circuit_breaker_state", **ok) == 0
+    op = {"gen_ai_operation_name": "embeddings", "gen_ai_request_model": "fake-embed"}
+    assert delta(before, after, "gen_ai_client_operation_duration_seconds_count", **op) == 1
+    tokens = emb.json()["usage"]["prompt_tokens"]
+    assert delta(before, after, "strata_tokens_total", alias="fake-embed") == tokens
+    assert delta(before, after, "strata_requests_total", alias="fake-embed", cache="") == 1
     assert total(after, "strata_requests_in_flight", endpoint="chat") == 0
+    assert total(after, "strata_requests_in_flight", endpoint="embeddings") == 0
 
 
 def test_disabled_metrics_have_no_route_and_no_hook(

@@ -20,7 +20,7 @@ router = APIRouter()
 async def metrics(rt: RuntimeDep) -> Response:
     if rt.metrics is None:
         raise NotFound("metrics are disabled")
-    return Response(rt.metrics.render(), headers={"content-type": CONTENT_TYPE})
+    return Response(await rt.metrics.render_async(), headers={"content-type": CONTENT_TYPE})
 
 
 def install(app: FastAPI, settings: Settings) -> None:
