@@ -58,6 +58,12 @@ READY_TIMEOUT_S = 180.0
 
 def config_text(json_base: str, sse_base: str, *, semantic: bool = False) -> str:
     text = CONFIG.format(json_base=json_base, sse_base=sse_base, price=PRICE)
+    if os.environ.get("BENCH_LIMITS") == "off":
+        # The baseline for what rate limits and budgets add (bench/README).
+        text = text.replace(
+            "limits:\n  user: {requests_per_second: 1000000}\n",
+            "limits: {enabled: false}\nbudgets: {enabled: false}\n",
+        )
     if semantic:
         text = text[: text.index("models:\n")] + SEMANTIC_CONFIG.format()
     return text

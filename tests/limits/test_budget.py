@@ -128,8 +128,9 @@ async def test_one_round_trip_each(make_redis: MakeRedis, prefix: str) -> None:
 
 async def test_settle_applies_once(make_redis: MakeRedis, prefix: str) -> None:
     clock = DateClock(datetime(2026, 3, 10, tzinfo=UTC))
-    a = budgets(make_redis(), prefix, clock)
-    b = budgets(make_redis(), prefix, clock)
+    cap = {"key": BudgetCaps(daily_usd=D(100))}  # a held reservation: exactly once
+    a = budgets(make_redis(), prefix, clock, **cap)
+    b = budgets(make_redis(), prefix, clock, **cap)
     subjects = a.subjects(tenant="acme", user="bob", key="key_2")
     res = await a.reserve(subjects, D("0.50"))
     twin = Reservation(res.id, res.worst_units, res.slots, res.charge_only)
@@ -138,8 +139,27 @@ async def test_settle_applies_once(make_redis: MakeRedis, prefix: str) -> None:
     await b.settle(twin, D("0.20"))  # another instance, the same reservation
     for scope, sid in (("key", "key_2"), ("user", "acme/bob"), ("tenant", "acme")):
         assert await a.spend(scope, sid) == {"day": D("0.2"), "month": D("0.2")}
-    state = await hash_of(make_redis(), f"{prefix}:key:key_2:m:202603")
+    state = await hash_of(make_redis(), f"{prefix}:key:key_2:d:20260310")
     assert state["reserved"] == 0
+
+
+async def test_uncapped_requests_hold_nothing_and_are_charged(
+    make_redis: MakeRedis, prefix: str
+) -> None:
+    r = make_redis()
+    bg = budgets(r, prefix, DateClock(datetime(2026, 3, 10, tzinfo=UTC)))
+    subjects = bg.subjects(tenant="acme", user="una", key="key_9")
+    calls = count_calls(r)
+    res = await bg.reserve(subjects, D("0.50"))
+    assert calls == [] and res.slots == ()  # no cap: no reserve at all
+    await bg.settle(res, D("0.20"))
+    assert await bg.settle(res, D("0.20")) == []  # once per reservation
+    assert calls == ["EVALSHA"]
+    for scope, sid in (("key", "key_9"), ("user", "acme/una"), ("tenant", "acme")):
+        assert await bg.spend(scope, sid) == {"day": D("0.2"), "month": D("0.2")}
+    zero = await bg.reserve(subjects, D("0.50"))
+    await bg.settle(zero, D(0))  # a cache hit: nothing to write
+    assert calls == ["EVALSHA"]
 
 
 async def test_day_and_month_reset_at_utc_boundaries(make_redis: MakeRedis, prefix: str) -> None:

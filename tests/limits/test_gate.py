@@ -126,7 +126,10 @@ async def test_round_trips_follow_what_applies(make_redis: MakeRedis, prefix: st
     r = make_redis()
     nothing = make_gate(r, prefix, limits={"user": RuleSet()}, budgets={"enabled": False})
     rate_only = make_gate(r, prefix, budgets={"enabled": False})
-    budget_only = make_gate(r, prefix, limits={"enabled": False})
+    budget_only = make_gate(
+        r, prefix, limits={"enabled": False}, budgets={"user": BudgetCaps(daily_usd=D(5))}
+    )
+    uncapped = make_gate(r, prefix, limits={"enabled": False})
     assert budget_only.rate is None and rate_only.budgets is None
     for g in (rate_only, budget_only):
         g.finish(await admit(g), tokens=100, cost_usd=D(0))  # scripts loaded
@@ -149,7 +152,15 @@ async def test_round_trips_follow_what_applies(make_redis: MakeRedis, prefix: st
     await budget_only.drain()
     assert trips[2:] == [["EVALSHA"]]
     assert await budget_hash(r, prefix) == {"spent": D("0.1"), "reserved": 0}
-    for g in (nothing, rate_only, budget_only):
+
+    # No cap applies: the admission holds nothing (no trip); the spend is charged.
+    before = len(trips)
+    a = await admit(uncapped, worst_case_usd=D("0.2"))
+    assert trips[before:] == [] and a.reservation is not None and a.reservation.slots == ()
+    uncapped.finish(a, tokens=7, cost_usd=D("0.1"))
+    await uncapped.drain()
+    assert trips[before:] == [["EVALSHA"]]
+    for g in (nothing, rate_only, budget_only, uncapped):
         await g.aclose()
 
 

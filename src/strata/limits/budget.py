@@ -13,7 +13,9 @@ tenant x day, month) is checked against ``spent + reserved + worst_case``; only
 if all fit is ``worst_case`` added to ``reserved`` of each, so concurrent calls can
 never reserve beyond a cap, and settled spend exceeds a cap by at most what calls
 cost beyond their own worst case. Spend is tracked for every subject, capped or
-not (``strata budgets show``, and a cap set mid-period counts what was spent).
+not (``strata budgets show``, and a cap set mid-period counts what was spent); a
+request none of whose subjects has a cap reserves nothing and is only charged
+when it settles.
 
 Settle (one script): releases the reservation and adds the actual cost, once. The
 reservation's record (``strata:budget:res:{id}``) is deleted by the first settle;
@@ -282,6 +284,8 @@ class Budgets:
     async def reserve(self, subjects: Sequence[Subject], worst_case_usd: Decimal) -> Reservation:
         """Reserve ``worst_case_usd`` against every cap, or raise ``BudgetExceeded``."""
         res = self.new_reservation(subjects, worst_case_usd)
+        if not res.slots:
+            return res  # no cap applies: nothing to hold
         if self.redis_usable():
             keys, args = self.reserve_args(res)
             try:
@@ -308,8 +312,13 @@ class Budgets:
         """A reservation of ``worst_case_usd`` against ``subjects``, not yet made."""
         now = self.clock()
         worst = max(0, to_units(worst_case_usd, ROUND_CEILING))
-        slots = tuple(self._slots(subjects, now))
-        return Reservation(uuid.uuid4().hex, worst, slots, self._charge_only(now), made_at=now)
+        slots = self._slots(subjects, now)
+        # Only capped slots hold a reservation; the others are just charged after
+        # the call (their spend is still tracked), so an uncapped request costs no
+        # reserve at all.
+        capped = tuple(s for s in slots if s.cap is not None)
+        charged = tuple(s for s in slots if s.cap is None) + self._charge_only(now)
+        return Reservation(uuid.uuid4().hex, worst, capped, charged, made_at=now)
 
     def reserve_args(self, res: Reservation) -> tuple[list[str], list[Any]]:
         """KEYS and ARGV of ``RESERVE_SCRIPT``."""
@@ -381,7 +390,7 @@ class Budgets:
         Returns the alert thresholds this settle crossed (empty while Redis is down:
         those are reported to ``on_crossing`` when the settle is replayed)."""
         actual = self.begin_settle(reservation, actual_usd)
-        if actual is None:
+        if actual is None or (actual == 0 and not reservation.slots):
             return []
         if self.redis_usable():
             try:
@@ -413,7 +422,12 @@ class Budgets:
         ]
         now_s = int(self.clock().timestamp())
         ttls = " ".join([str(s.ttl_s(now_s)) for s in slots])
-        return keys, [res.id, actual, "l" if res.local else "r", REPLAY_MARKER_TTL_S, ttls]
+        # r: release the record, then charge (exactly once: the record goes); l: made
+        # in memory, charge once (a marker); c: nothing was reserved, just charge
+        # (an uncapped request; a settle whose reply was lost and is replayed may
+        # then count twice, which no cap depends on).
+        mode = "l" if res.local else "r" if res.slots else "c"
+        return keys, [res.id, actual, mode, REPLAY_MARKER_TTL_S, ttls]
 
     def settle_reply(self, res: Reservation, actual: int, reply: Any) -> list[Crossing]:
         """The alert thresholds crossed, from the script's reply."""

@@ -132,7 +132,7 @@ return table.concat(out, ' ')
 SETTLE_SCRIPT = """
 if ARGV[3] == 'l' then
   if not redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[4]) then return '0' end
-else
+elseif ARGV[3] == 'r' then
   local rec = redis.call('GET', KEYS[2])
   if not rec then return '0' end
   redis.call('DEL', KEYS[2])
