@@ -80,8 +80,12 @@ def log_server(start_server: Callable[..., ServerThread]) -> ServerThread:
         "fake-log": {"provider": "fake", "model": "fake-1", "logs": {"sample_rate": 1.0}},
         "fake-nolog": {"provider": "fake", "model": "fake-1", "logs": {"sample_rate": 0.0}},
         "fake-embed": {"kind": "embedding", "provider": "fake", "model": "fake-e"},
+        "logs-down": {"provider": "logs-down", "model": "down-1"},
     }
-    return start_server(models=models)
+    # A failing deployment of its own: the circuit breakers live in the shared Redis,
+    # and failures here must not open the breaker of another module's fake-down.
+    providers = {**TEST_CONFIG["providers"], "logs-down": {"type": "fake", "error_status": 503}}
+    return start_server(models=models, providers=providers)
 
 
 @pytest.fixture
@@ -130,11 +134,11 @@ def test_failed_request_names_status_and_provider(client: openai.OpenAI, logs: C
     rid = _rid()
     with pytest.raises(openai.APIStatusError):
         client.chat.completions.create(
-            model="fake-down", messages=_uncached("hi"), extra_headers={"x-request-id": rid}
+            model="logs-down", messages=_uncached("hi"), extra_headers={"x-request-id": rid}
         )
     line = _access(logs, rid)
     assert line["status"] == 503
-    assert line["alias"] == "fake-down" and line["provider"] == "fake-down"
+    assert line["alias"] == "logs-down" and line["provider"] == "logs-down"
 
 
 def test_streamed_request_carries_request_id(

@@ -94,8 +94,17 @@ def sentry_server(
     transport: CaptureTransport, start_server: Callable[..., ServerThread]
 ) -> ServerThread:
     # The app's own init finds the running client (same DSN) and keeps it.
-    providers = {**TEST_CONFIG["providers"], "fake-boom": {"type": "fake"}}
-    models = {**TEST_CONFIG["models"], "fake-boom": {"provider": "fake-boom", "model": "boom-1"}}
+    # Failing deployments of their own: circuit breakers live in the shared Redis.
+    providers = {
+        **TEST_CONFIG["providers"],
+        "fake-boom": {"type": "fake"},
+        "sentry-down": {"type": "fake", "error_status": 503},
+    }
+    models = {
+        **TEST_CONFIG["models"],
+        "fake-boom": {"provider": "fake-boom", "model": "boom-1"},
+        "sentry-down": {"provider": "sentry-down", "model": "down-1"},
+    }
     srv = start_server(
         providers=providers,
         models=models,
@@ -144,15 +153,15 @@ def test_provider_failure_is_a_tagged_warning(
     rid = "sentry-" + uuid.uuid4().hex
     with pytest.raises(openai.APIStatusError) as err:
         client.chat.completions.create(
-            model="fake-down",
+            model="sentry-down",
             messages=[{"role": "user", "content": PROMPT}],
             extra_headers={"x-request-id": rid},
         )
     assert err.value.status_code == 503
     event = transport.wait(_tagged(rid))
     assert event["level"] == "warning"
-    assert event["tags"]["alias"] == "fake-down"
-    assert event["tags"]["provider"] == "fake-down"
+    assert event["tags"]["alias"] == "sentry-down"
+    assert event["tags"]["provider"] == "sentry-down"
     assert event["exception"]["values"][-1]["type"] == "ProviderUnavailable"
     assert "request" not in event or set(event["request"]) <= {"method", "url"}
     _assert_clean(transport, key)
