@@ -91,10 +91,13 @@ def traced_config(endpoint: str, **tracing_overrides: Any) -> dict[str, Any]:
         "providers": {
             **TEST_CONFIG["providers"],
             "fake-trickle": {"type": "fake", "reply": "one two three", "chunk_delay_s": 0.1},
+            # Like fake-down, with a circuit breaker no other test module trips.
+            "trace-down": {"type": "fake", "error_status": 503},
         },
         "models": {
             **TEST_CONFIG["models"],
             "fake-trickle": {"provider": "fake-trickle", "model": "trickle-1"},
+            "trace-down": {"provider": "trace-down", "model": "down-1"},
         },
     }
 
@@ -257,7 +260,7 @@ async def test_failing_deployment_gives_error_attempt_spans(
     with pytest.raises(openai.APIStatusError) as info:
         await asyncio.to_thread(
             client.chat.completions.create,
-            model="fake-down",
+            model="trace-down",
             messages=MSG,
             extra_headers={"x-request-id": r},
         )
@@ -265,7 +268,7 @@ async def test_failing_deployment_gives_error_attempt_spans(
     root = server_span(traced.spans, r)
     assert root.attributes["http.response.status_code"] == 503
     assert root.status.status_code == StatusCode.ERROR
-    attempts = [s for s in trace_of(traced.spans, root) if s.name == "chat fake-down-1"]
+    attempts = [s for s in trace_of(traced.spans, root) if s.name == "chat down-1"]
     assert attempts
     for s in attempts:
         assert s.status.status_code == StatusCode.ERROR
