@@ -154,8 +154,11 @@ class UsageRecorder:
             if self._failing:
                 await asyncio.sleep(backoff)
             else:
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow
+                # a cancel that arrives as the event fires, and stop() would hang.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=backoff)
+                    async with asyncio.timeout(backoff):
+                        await self._wake.wait()
             self._wake.clear()
             try:
                 await self.flush()
