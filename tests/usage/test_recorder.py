@@ -470,3 +470,22 @@ async def test_a_truncated_spill_line_does_not_block_usage_writes(
     found = await counts(engine, prefix)
     assert found.get(batch[2].request_id) == 1  # new traffic is recorded
     assert found.get(batch[0].request_id) == 1  # the intact spilled line too
+
+
+async def test_a_busy_key_is_touched_once_a_minute_not_every_flush(
+    tenant: str, spill_path: Path
+) -> None:
+    touched: list[dict[str, Any]] = []
+
+    async def write(rows: Rows) -> None:
+        return None
+
+    async def touch(last: dict[str, Any]) -> None:
+        touched.append(dict(last))
+
+    rec = UsageRecorder(write, touch=touch, spill_path=spill_path, batch_size=10)
+    for i in range(3):
+        for e in events(tenant, f"t{i}-", 5):
+            rec.record(e)
+        await rec.flush()
+    assert len(touched) == 1 and len(touched[0]) == 1  # one key, written once

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -31,6 +32,8 @@ log = logging.getLogger("strata.usage")
 
 UTC = UTC
 MAX_BACKOFF_S = 30.0
+# A key's last_used_at is written at most this often per instance.
+TOUCH_EVERY_S = 60.0
 # Spill files replayed per flush at most (new spills may land while replaying).
 MAX_SPILL_ROUNDS = 10
 
@@ -91,6 +94,7 @@ class UsageRecorder:
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
+        self._touched: dict[str, float] = {}  # key id -> when last_used_at was written
         # While the database is failing, retries keep their back-off however
         # much traffic arrives (no wake-ups, no re-reading the spill file).
         self._failing = False
@@ -184,6 +188,20 @@ class UsageRecorder:
         for e in batch:
             if e.key_id and (e.key_id not in last or e.created_at > last[e.key_id]):
                 last[e.key_id] = e.created_at
+        # last_used_at is informational: a busy key is written once a minute, not
+        # on every flush (that UPDATE cost more CPU than the inserts).
+        now = time.monotonic()
+        last = {
+            k: at
+            for k, at in last.items()
+            if now - self._touched.get(k, -TOUCH_EVERY_S) >= TOUCH_EVERY_S
+        }
+        if not last:
+            return
+        if len(self._touched) > 100_000:
+            self._touched.clear()
+        for k in last:
+            self._touched[k] = now
         try:
             await self._touch(last)
         except Exception as exc:  # best effort: last_used_at is informational
