@@ -64,9 +64,24 @@ def config_text(json_base: str, sse_base: str, *, semantic: bool = False) -> str
             "limits:\n  user: {requests_per_second: 1000000}\n",
             "limits: {enabled: false}\nbudgets: {enabled: false}\n",
         )
+    text = text.replace("log_level: info\n", "log_level: info\n" + observability_text(json_base))
     if semantic:
         text = text[: text.index("models:\n")] + SEMANTIC_CONFIG.format()
     return text
+
+
+def observability_text(json_base: str) -> str:
+    """BENCH_METRICS=off turns metrics off; BENCH_TRACING=<rate> traces that share of
+    requests to the stub's OTLP receiver (what each costs: bench/README)."""
+    metrics = os.environ.get("BENCH_METRICS") != "off"
+    rate = os.environ.get("BENCH_TRACING")
+    if metrics and rate is None:
+        return ""
+    out = f"observability:\n  metrics: {{enabled: {'true' if metrics else 'false'}}}\n"
+    if rate is not None:
+        endpoint = json_base.removesuffix("/json/v1") + "/otlp"
+        out += f"  tracing: {{endpoint: '{endpoint}', sample_rate: {float(rate)}}}\n"
+    return out
 
 
 def strata_command() -> list[str]:

@@ -98,6 +98,11 @@ http {{
             default_type text/event-stream;
             return 200 '{sse}';
         }}
+        # An OTLP/HTTP trace receiver that accepts and drops (BENCH_TRACING).
+        location = /otlp/v1/traces {{
+            default_type application/x-protobuf;
+            return 200 '';
+        }}
         location / {{ return 404; }}
     }}
 }}
