@@ -161,7 +161,7 @@ class Runtime:
         await self.alerts.aclose()
         await self.chat.cache.drain()
         if self.chat.semantic is not None:
-            await self.chat.semantic.drain()
+            await self.chat.semantic.close()
         await self.recorder.stop()
         for p in self.providers.values():
             try:

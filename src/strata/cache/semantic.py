@@ -135,6 +135,11 @@ class SemanticCache:
         guard: Guard | None,
     ) -> None:
         self.engine = engine
+        # Lookups and writes go through a small asyncpg pool of their own (no
+        # pre-ping round trip, no greenlet per query); the engine until it is up.
+        self.db: Any = engine
+        self._pool: Any = None
+        self._opening: asyncio.Task[None] | None = None
         self.s = settings
         self.default_ttl_s = default_ttl_s
         self.embed = embed  # None: no embedding alias, the semantic cache is off
@@ -174,6 +179,8 @@ class SemanticCache:
         split = split_request(body, alias.cache.multi_turn)
         if split is None:
             return None
+        if self._opening is None:  # first use: the pool opens in the background
+            self._opening = asyncio.create_task(self._open_pool())
         text, context = split
         if len(text) > self.s.max_query_chars:
             return None
@@ -202,7 +209,7 @@ class SemanticCache:
             async with asyncio.timeout(self.s.lookup_timeout_s):
                 plan.vector = await self._embed(plan.query)
                 candidates = await repo.nearest(
-                    self.engine, plan.namespace, plan.alias, plan.context, plan.vector, CANDIDATES
+                    self.db, plan.namespace, plan.alias, plan.context, plan.vector, CANDIDATES
                 )
         except TimeoutError:
             self.errors += 1
@@ -245,7 +252,7 @@ class SemanticCache:
             self._inserts += 1
             trim = self._inserts % TRIM_EVERY == 1
             await repo.insert(
-                self.engine,
+                self.db,
                 namespace=plan.namespace,
                 alias=plan.alias,
                 context=plan.context,
@@ -280,6 +287,32 @@ class SemanticCache:
                     deleted = await repo.delete_expired(self.engine)
             except Exception as exc:
                 log.info("semantic cache expiry failed (%s)", type(exc).__name__)
+
+    async def _open_pool(self) -> None:
+        import asyncpg
+
+        url = self.engine.url.set(drivername="postgresql")
+        try:
+            self._pool = await asyncpg.create_pool(
+                url.render_as_string(hide_password=False),
+                min_size=1,
+                max_size=4,
+                command_timeout=30,
+                timeout=5,
+            )
+        except Exception as exc:  # the engine keeps serving the cache
+            log.warning("semantic cache: no pool of its own (%s)", type(exc).__name__)
+            return
+        self.db = self._pool
+
+    async def close(self) -> None:
+        await self.drain()
+        if self._opening is not None:
+            await asyncio.gather(self._opening, return_exceptions=True)
+        if self._pool is not None:
+            self.db = self.engine
+            pool, self._pool = self._pool, None
+            await pool.close()
 
     async def drain(self) -> None:
         """Wait for background writes (shutdown, tests)."""

@@ -7,6 +7,8 @@ so no codec needs registering on pooled connections.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,16 +65,27 @@ async def _driver(conn: Any) -> Any:
     return driver
 
 
+@asynccontextmanager
+async def _connection(db: Any) -> AsyncIterator[Any]:
+    """An asyncpg connection from an asyncpg pool (the request path: no pre-ping, no
+    greenlet) or from a SQLAlchemy engine (commands)."""
+    if isinstance(db, AsyncEngine):
+        async with db.connect() as conn:
+            yield await _driver(conn)
+    else:
+        async with db.acquire() as conn:
+            yield conn
+
+
 async def nearest(
-    engine: AsyncEngine,
+    engine: Any,
     namespace: str,
     alias: str,
     context: str,
     vector: list[float],
     limit: int,
 ) -> list[Candidate]:
-    async with engine.connect() as conn:
-        driver = await _driver(conn)
+    async with _connection(engine) as driver:
         rows = await driver.fetch(
             NEAREST_SQL, vector_text(vector), namespace, alias, context, limit
         )
@@ -80,7 +93,7 @@ async def nearest(
 
 
 async def insert(
-    engine: AsyncEngine,
+    engine: Any,
     *,
     namespace: str,
     alias: str,
@@ -94,37 +107,33 @@ async def insert(
     ttl_s: float,
     keep: int | None = None,
 ) -> None:
-    async with engine.connect() as conn:
-        driver = await _driver(conn)
-        async with driver.transaction():
-            await driver.execute(DELETE_SAME_SQL, namespace, alias, context, query)
-            await driver.execute(
-                INSERT_SQL,
-                namespace,
-                alias,
-                context,
-                vector_text(vector),
-                query,
-                entry,
-                tenant_id,
-                user_id,
-                key_id,
-                float(ttl_s),
-            )
-            if keep is not None:
-                await driver.execute(TRIM_SQL, namespace, alias, context, keep)
+    async with _connection(engine) as driver, driver.transaction():
+        await driver.execute(DELETE_SAME_SQL, namespace, alias, context, query)
+        await driver.execute(
+            INSERT_SQL,
+            namespace,
+            alias,
+            context,
+            vector_text(vector),
+            query,
+            entry,
+            tenant_id,
+            user_id,
+            key_id,
+            float(ttl_s),
+        )
+        if keep is not None:
+            await driver.execute(TRIM_SQL, namespace, alias, context, keep)
 
 
-async def available(engine: AsyncEngine) -> bool:
+async def available(engine: Any) -> bool:
     """Whether the table exists (it needs pgvector, see migration 0006)."""
-    async with engine.connect() as conn:
-        driver = await _driver(conn)
+    async with _connection(engine) as driver:
         return bool(await driver.fetchval("SELECT to_regclass('semantic_cache') IS NOT NULL"))
 
 
-async def delete_expired(engine: AsyncEngine, batch: int = 5000) -> int:
-    async with engine.connect() as conn:
-        driver = await _driver(conn)
+async def delete_expired(engine: Any, batch: int = 5000) -> int:
+    async with _connection(engine) as driver:
         status = await driver.execute(
             "DELETE FROM semantic_cache WHERE id IN ("
             "SELECT id FROM semantic_cache WHERE expires_at <= now() LIMIT $1)",
