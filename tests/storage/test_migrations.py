@@ -14,6 +14,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection, make_url
 
+from strata.security import audit as _audit  # noqa: F401  (its table)
 from strata.storage import migrate
 from strata.storage.engine import async_url, make_engine
 from strata.storage.models import Base
