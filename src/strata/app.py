@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.routing import Route
 
-from strata.api import admin_limits, chat, embeddings, health, models, usage
+from strata.api import admin_audit, admin_limits, chat, embeddings, health, models, usage
 from strata.api import metrics as metrics_api
 from strata.api.errors import install as install_error_handlers
 from strata.api.fast import Endpoint, StrataApp
@@ -50,7 +50,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     install_error_handlers(app)
-    for module in (models, usage, health, admin_limits):
+    for module in (models, usage, health, admin_limits, admin_audit):
         app.include_router(module.router)
     metrics_api.install(app, settings)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)

@@ -50,6 +50,7 @@ from strata.limits.config import BudgetCaps, BudgetsSettings, LimitsSettings, Ru
 from strata.limits.overrides import merged
 from strata.limits.units import Period, period_end, period_start
 from strata.runtime import Runtime
+from strata.security import audit
 from strata.security.keys import Principal
 from strata.storage.models import ApiKey
 from strata.storage.repositories import limits as repo
@@ -273,6 +274,16 @@ async def put_limits(request: Request, principal: AdminDep, scope: str, subject:
     await _authorize(rt, principal, scope, subject, LIMIT_SCOPES)
     rules = parse_fields(RuleSet, await _body(request))
     await _db("store limits", repo.set_limit_override(rt.engine, scope, subject, rules))
+    await _db(
+        "write the audit log",
+        audit.record_admin(
+            rt.engine,
+            principal,
+            "limits.set",
+            f"{scope}:{subject}",
+            rules.model_dump(mode="json", exclude_unset=True),
+        ),
+    )
     await _refresh(rt)
     return json_response(await _limits(rt, scope, subject))
 
@@ -284,6 +295,12 @@ async def delete_limits(
     rt = runtime(request)
     await _authorize(rt, principal, scope, subject, LIMIT_SCOPES)
     deleted = await _db("delete limits", repo.delete_limit_override(rt.engine, scope, subject))
+    await _db(
+        "write the audit log",
+        audit.record_admin(
+            rt.engine, principal, "limits.clear", f"{scope}:{subject}", {"deleted": deleted}
+        ),
+    )
     await _refresh(rt)
     return json_response({**await _limits(rt, scope, subject), "deleted": deleted})
 
@@ -301,6 +318,16 @@ async def put_budget(request: Request, principal: AdminDep, scope: str, subject:
     await _authorize(rt, principal, scope, subject, BUDGET_SCOPES)
     caps = parse_fields(BudgetCaps, await _body(request))
     await _db("store budget caps", repo.set_budget_caps(rt.engine, scope, subject, caps))
+    await _db(
+        "write the audit log",
+        audit.record_admin(
+            rt.engine,
+            principal,
+            "budgets.set",
+            f"{scope}:{subject}",
+            caps.model_dump(mode="json", exclude_unset=True),
+        ),
+    )
     await _refresh(rt)
     return json_response(await _budget(rt, scope, subject))
 
@@ -312,5 +339,11 @@ async def delete_budget(
     rt = runtime(request)
     await _authorize(rt, principal, scope, subject, BUDGET_SCOPES)
     deleted = await _db("delete budget caps", repo.delete_budget_caps(rt.engine, scope, subject))
+    await _db(
+        "write the audit log",
+        audit.record_admin(
+            rt.engine, principal, "budgets.clear", f"{scope}:{subject}", {"deleted": deleted}
+        ),
+    )
     await _refresh(rt)
     return json_response({**await _budget(rt, scope, subject), "deleted": deleted})

@@ -15,6 +15,7 @@ from rich.table import Table
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from strata.cache.keys import PREFIX, owner_key, pattern
+from strata.cli.audit_cmd import record_cli
 from strata.cli.cache_eval import eval_command
 from strata.cli.common import (
     ConfigOpt,
@@ -130,6 +131,13 @@ def forget(
         except redis.RedisError as exc:
             err_console.print(f"[red]Redis unreachable[/red]: {type(exc).__name__}")
             raise typer.Exit(1) from None
+        record_cli(
+            live,
+            tenant=tenant,
+            action="cache.forget",
+            target=f"user:{tenant}/{user}",
+            details={"exact": deleted, "semantic": semantic or 0},
+        )
     console.print(
         f"forgot {deleted} exact and {semantic or 0} semantic cached answers of {tenant}/{user}"
     )

@@ -18,6 +18,7 @@ from strata.cli.common import (
     settings_or_exit,
     with_engine,
 )
+from strata.security import audit
 from strata.security.auth import REVOKED_CHANNEL
 from strata.storage.repositories import keys as key_repo
 
@@ -48,6 +49,12 @@ def create(
                 name=name,
                 is_admin=admin,
                 auto_routing=auto_routing,
+            ),
+        )
+        with_engine(
+            live,
+            lambda e: audit.record_cli_change(
+                e, "key.create", "key", new.id, {"user_id": user, "admin": admin}
             ),
         )
     if as_json:
@@ -115,7 +122,10 @@ def revoke(key_id: str, config: Path | None = ConfigOpt) -> None:
     with running_services(settings) as live:
 
         async def run(engine: AsyncEngine) -> str | None:
-            return await key_repo.revoke_key(engine, key_id)
+            key_hash = await key_repo.revoke_key(engine, key_id)
+            if key_hash is not None:
+                await audit.record_cli_change(engine, "key.revoke", "key", key_id)
+            return key_hash
 
         key_hash = with_engine(live, run)
         if key_hash is None:

@@ -44,6 +44,7 @@ from strata.errors import InvalidRequest
 from strata.limits.budget import Budgets
 from strata.limits.config import BudgetCaps, RuleSet
 from strata.limits.overrides import user_subject
+from strata.security import audit
 from strata.settings import Settings
 from strata.storage.repositories import limits as repo
 
@@ -221,6 +222,9 @@ def limits_set(
         current = await repo.get_limit_override(engine, scope, subject) or {}
         rules = _validated(RuleSet, {**current, **fields})
         await repo.set_limit_override(engine, scope, subject, rules)
+        await audit.record_cli_change(
+            engine, "limits.set", scope, subject, rules.model_dump(mode="json", exclude_unset=True)
+        )
         return limits_view(live.limits, scope, subject, rules.model_dump(exclude_unset=True))
 
     view = _run(settings_or_exit(config), run)
@@ -243,7 +247,9 @@ def limits_clear(
     _checked(scope, subject, LIMIT_SCOPES)
 
     async def run(live: Settings, engine: AsyncEngine) -> bool:
-        return await repo.delete_limit_override(engine, scope, subject)
+        deleted = await repo.delete_limit_override(engine, scope, subject)
+        await audit.record_cli_change(engine, "limits.clear", scope, subject, {"deleted": deleted})
+        return deleted
 
     if _run(settings_or_exit(config), run):
         console.print(f"limit override of {scope} [bold]{subject}[/bold] removed")
@@ -367,6 +373,9 @@ def budgets_set(
         current = await repo.get_budget_caps(engine, scope, subject) or {}
         caps = _validated(BudgetCaps, {**current, **fields})
         await repo.set_budget_caps(engine, scope, subject, caps)
+        await audit.record_cli_change(
+            engine, "budgets.set", scope, subject, caps.model_dump(mode="json", exclude_unset=True)
+        )
         return dict(caps.model_dump(mode="json", exclude_unset=True))
 
     override = _run(settings_or_exit(config), run)
@@ -388,7 +397,9 @@ def budgets_clear(
     _checked(scope, subject, BUDGET_SCOPES)
 
     async def run(live: Settings, engine: AsyncEngine) -> bool:
-        return await repo.delete_budget_caps(engine, scope, subject)
+        deleted = await repo.delete_budget_caps(engine, scope, subject)
+        await audit.record_cli_change(engine, "budgets.clear", scope, subject, {"deleted": deleted})
+        return deleted
 
     if _run(settings_or_exit(config), run):
         console.print(f"budget caps of {scope} [bold]{subject}[/bold] removed")

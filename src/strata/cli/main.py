@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from strata.cli import (
     alerts_cmd,
+    audit_cmd,
     cache_cmd,
     config_cmd,
     keys_cmd,
@@ -46,6 +47,7 @@ app.add_typer(cache_cmd.app, name="cache")
 app.add_typer(alerts_cmd.app, name="alerts")
 app.add_typer(limits_cmd.app, name="limits")
 app.add_typer(limits_cmd.budgets_app, name="budgets")
+app.add_typer(audit_cmd.app, name="audit")
 app.command("usage")(usage_cmd.usage)
 app.command("models")(models_cmd.models)
 

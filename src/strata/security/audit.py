@@ -43,7 +43,9 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from strata.storage.models import Base
+from strata.observability.logging import request_id_var
+from strata.security.keys import Principal
+from strata.storage.models import ApiKey, Base
 
 GENESIS = "0" * 64
 # pg_advisory_xact_lock key for appends ("strata audit" in a bigint).
@@ -151,6 +153,55 @@ def canonical(
 
 def chain_hash(prev_hash: str, entry_json: str) -> str:
     return hashlib.sha256((prev_hash + entry_json).encode()).hexdigest()
+
+
+async def record_admin(
+    engine: AsyncEngine,
+    principal: Principal,
+    action: str,
+    target: str | None,
+    details: dict[str, Any] | None = None,
+) -> Entry:
+    """Record an admin API action: the caller's tenant and key id, this request's id."""
+    return await record(
+        engine,
+        tenant=principal.tenant_id,
+        actor=principal.key_id,
+        action=action,
+        target=target,
+        request_id=request_id_var.get(),
+        details=details,
+    )
+
+
+async def record_cli_change(
+    engine: AsyncEngine,
+    action: str,
+    scope: str,
+    subject: str,
+    details: dict[str, Any] | None = None,
+) -> Entry:
+    """Record a CLI change of a limits/budgets subject (actor ``cli:<os user>``)."""
+    return await record(
+        engine,
+        tenant=await subject_tenant(engine, scope, subject),
+        actor=cli_actor(),
+        action=action,
+        target=f"{scope}:{subject}",
+        details=details,
+    )
+
+
+async def subject_tenant(engine: AsyncEngine, scope: str, subject: str) -> str | None:
+    """The tenant a limits/budgets subject belongs to (None: an alias, deployment-wide)."""
+    if scope == "key":
+        async with engine.connect() as conn:
+            return (
+                await conn.execute(select(ApiKey.tenant_id).where(ApiKey.id == subject))
+            ).scalar_one_or_none()
+    if scope in ("user", "tenant"):
+        return subject.split("/", 1)[0]
+    return None
 
 
 def _entry(row: Any) -> Entry:
