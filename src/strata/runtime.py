@@ -34,6 +34,7 @@ from strata.routing.dispatch import Dispatcher
 from strata.routing.router import Router
 from strata.security.auth import Authenticator
 from strata.security.keys import Principal
+from strata.security.secrets import refresh_forever
 from strata.settings import Settings
 from strata.storage.engine import make_engine
 from strata.storage.repositories import keys as key_repo
@@ -145,6 +146,8 @@ class Runtime:
         rt.tasks.append(asyncio.create_task(semantic.expire_forever()))
         rt.tasks.append(asyncio.create_task(auth.listen_for_revocations(redis)))
         rt.tasks.append(asyncio.create_task(dispatcher.publish_latency(redis)))
+        if settings.secrets.refresh_s > 0:  # rotated secrets apply without a restart
+            rt.tasks.append(asyncio.create_task(refresh_forever(settings.secrets)))
         if auto.routes:
             rt.tasks.append(asyncio.create_task(_after_models_load(rt, auto)))
         return rt

@@ -31,6 +31,7 @@ from strata.cache.guard import DEFAULT_THRESHOLD
 from strata.errors import ConfigError
 from strata.limits.config import BudgetsSettings, LimitsSettings
 from strata.observability.config import ObservabilitySettings
+from strata.security.secrets import SecretsSettings
 
 
 class Price(BaseModel):
@@ -297,6 +298,7 @@ class Settings(BaseSettings):
     budgets: BudgetsSettings = BudgetsSettings()
     alerts: AlertsSettings = AlertsSettings()
     observability: ObservabilitySettings = ObservabilitySettings()
+    secrets: SecretsSettings = SecretsSettings()
     providers: dict[str, ProviderConfig] = Field(default_factory=_default_providers)
     models: dict[str, Alias] = Field(default_factory=_default_models)
 

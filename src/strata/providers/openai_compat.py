@@ -42,7 +42,8 @@ from strata.security.credentials import Secret, resolve_secret
 class OpenAICompatOptions(ProviderOptions):
     base_url: str
     api_key: str | None = Field(
-        default=None, description="secret reference: env:NAME or file:/path"
+        default=None,
+        description="secret reference: env:NAME, file:/path or vault:secret/data/PATH#FIELD",
     )
     connect_timeout_s: float = Field(default=5.0, gt=0)
     read_timeout_s: float = Field(default=120.0, gt=0)
@@ -67,13 +68,12 @@ class OpenAICompatProvider(Provider):
         self._secret: Secret | None = None
         if self.options.api_key:
             # Resolved at construction: a missing key fails start-up, not a request.
+            # A holder: the secrets refresher swaps its value; each request reads it.
             self._secret = resolve_secret(self.options.api_key, f"providers.{self.name}.api_key")
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
         headers = {"content-type": "application/json", **self.options.headers}
-        if self._secret is not None:
-            headers["authorization"] = "Bearer " + self._secret.reveal()
         self._session = aiohttp.ClientSession(
             headers=headers,
             connector=aiohttp.TCPConnector(
@@ -96,9 +96,10 @@ class OpenAICompatProvider(Provider):
     def _post(self, path: str, payload: dict[str, Any]) -> Any:
         if self._session is None:
             raise ProviderUnavailable("not started", provider=self.name)
-        return self._session.post(
-            self.base_url + path, data=orjson.dumps(payload), headers=tracing.outgoing_headers()
-        )
+        headers = tracing.outgoing_headers()
+        if self._secret is not None:  # read per request: a refreshed key applies at once
+            headers = {**(headers or {}), "authorization": "Bearer " + self._secret.reveal()}
+        return self._session.post(self.base_url + path, data=orjson.dumps(payload), headers=headers)
 
     async def _call(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
         """POST and return the JSON body; every failure becomes a Strata error."""
