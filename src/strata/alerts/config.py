@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-_REF_SCHEMES = ("env:", "file:")
+_REF_SCHEMES = ("env:", "file:", "vault:")
 
 
 def is_secret_ref(value: str) -> bool:
@@ -23,7 +23,9 @@ def is_secret_ref(value: str) -> bool:
 def _url_or_ref(value: str) -> str:
     if is_secret_ref(value) or value.startswith(("http://", "https://")):
         return value
-    raise ValueError("must be an http(s) URL or a secret reference (env:NAME or file:/path)")
+    raise ValueError(
+        "must be an http(s) URL or a secret reference (env:NAME, file:/path or vault:PATH#FIELD)"
+    )
 
 
 class _Channel(BaseModel):
@@ -56,7 +58,9 @@ class WebhookChannel(_UrlChannel):
     @classmethod
     def _token_is_ref(cls, v: str | None) -> str | None:
         if v is not None and not is_secret_ref(v):
-            raise ValueError("secrets must be references: use env:NAME or file:/path")
+            raise ValueError(
+                "secrets must be references: use env:NAME, file:/path or vault:PATH#FIELD"
+            )
         return v
 
 
@@ -88,7 +92,9 @@ class EmailChannel(_Channel):
     @classmethod
     def _password_is_ref(cls, v: str | None) -> str | None:
         if v is not None and not is_secret_ref(v):
-            raise ValueError("secrets must be references: use env:NAME or file:/path")
+            raise ValueError(
+                "secrets must be references: use env:NAME, file:/path or vault:PATH#FIELD"
+            )
         return v
 
     @model_validator(mode="after")
