@@ -11,6 +11,7 @@ from starlette.routing import Route
 
 from strata.api import admin_audit, admin_limits, chat, embeddings, health, models, usage
 from strata.api import metrics as metrics_api
+from strata.api.admin_keys import router as admin_keys_router
 from strata.api.errors import install as install_error_handlers
 from strata.api.fast import Endpoint, StrataApp
 from strata.api.middleware import RequestContextMiddleware
@@ -52,6 +53,7 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     for module in (models, usage, health, admin_limits, admin_audit):
         app.include_router(module.router)
+    app.include_router(admin_keys_router)
     metrics_api.install(app, settings)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
     app.fast_routes = {}

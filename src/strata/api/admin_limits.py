@@ -51,6 +51,7 @@ from strata.limits.overrides import merged
 from strata.limits.units import Period, period_end, period_start
 from strata.runtime import Runtime
 from strata.security import audit
+from strata.security.auth import client_host
 from strata.security.keys import Principal
 from strata.storage.models import ApiKey
 from strata.storage.repositories import limits as repo
@@ -67,10 +68,10 @@ router = APIRouter()
 
 
 async def require_admin(request: Request) -> Principal:
-    """401 without a valid key, 403 for a key that is not an admin key."""
+    """401 without a valid key, 403 for a key without the admin scope (admin keys
+    made before scopes existed have it) or used from outside its IP allow-list."""
     principal = await authenticate(request)
-    if not principal.is_admin:
-        raise PermissionDenied("this endpoint requires an admin API key")
+    principal.authorize("admin", client_host(request.scope))
     return principal
 
 

@@ -22,6 +22,7 @@ from strata.observability.logging import (
     request_id_var,
 )
 from strata.runtime import Runtime
+from strata.security.auth import client_host
 
 PATH = "/v1/chat/completions"
 
@@ -29,6 +30,7 @@ PATH = "/v1/chat/completions"
 async def chat_completions(scope: dict[str, Any], receive: Any, send: Any) -> None:
     rt: Runtime = scope["app"].state.runtime
     principal = await rt.auth.authenticate(header(scope, b"authorization"))
+    principal.authorize("chat", client_host(scope))
     fields = request_fields()
     fields["tenant"] = principal.tenant_id
     meter = rt.meter(principal, request_id_var.get() or "", "chat")
@@ -36,6 +38,7 @@ async def chat_completions(scope: dict[str, Any], receive: Any, send: Any) -> No
         body = await read_json(receive)
         validate(ChatRequest, body)
         fields["alias"] = body["model"]
+        principal.check_model(body["model"])
         controls = Controls(
             header(scope, b"x-strata-tier"),
             header(scope, b"x-strata-cache"),

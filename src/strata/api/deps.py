@@ -10,6 +10,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from strata.runtime import Runtime
+from strata.security.auth import client_host
 from strata.security.keys import Principal
 
 
@@ -19,7 +20,10 @@ def runtime(request: Request) -> Runtime:
 
 
 async def authenticate(request: Request) -> Principal:
-    return await runtime(request).auth.authenticate(request.headers.get("authorization"))
+    """401 without a valid key; 403 from an address outside the key's IP allow-list."""
+    principal = await runtime(request).auth.authenticate(request.headers.get("authorization"))
+    principal.check_ip(client_host(request.scope))
+    return principal
 
 
 async def get_runtime(request: Request) -> Runtime:

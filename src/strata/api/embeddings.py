@@ -11,6 +11,7 @@ from strata.gateway.schemas import EmbeddingRequest, validate
 from strata.observability import sentry
 from strata.observability.logging import request_fields, request_id_var
 from strata.runtime import Runtime
+from strata.security.auth import client_host
 
 PATH = "/v1/embeddings"
 
@@ -18,6 +19,7 @@ PATH = "/v1/embeddings"
 async def embeddings(scope: dict[str, Any], receive: Any, send: Any) -> None:
     rt: Runtime = scope["app"].state.runtime
     principal = await rt.auth.authenticate(header(scope, b"authorization"))
+    principal.authorize("embeddings", client_host(scope))
     fields = request_fields()
     fields["tenant"] = principal.tenant_id
     meter = rt.meter(principal, request_id_var.get() or "", "embeddings")
@@ -25,6 +27,7 @@ async def embeddings(scope: dict[str, Any], receive: Any, send: Any) -> None:
         body = await read_json(receive)
         validate(EmbeddingRequest, body)
         fields["alias"] = body["model"]
+        principal.check_model(body["model"])
         out = await rt.embeddings.embed(body, meter)
     except asyncio.CancelledError:
         meter.cancelled()

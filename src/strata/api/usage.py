@@ -1,4 +1,7 @@
-"""GET /v1/usage: the caller's own usage (an admin key sees its whole tenant)."""
+"""GET /v1/usage: the caller's own usage (an admin key sees its whole tenant).
+
+Scopes: ``usage:read``, ``admin``, or any scope that spends (``chat``,
+``embeddings``), so a key can always see what it costs."""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from strata.storage.repositories import usage as usage_repo
 from strata.util import json_response
 
 router = APIRouter()
+USAGE_SCOPES = ("usage:read", "chat", "embeddings", "admin")
 
 
 @router.get("/v1/usage")
@@ -26,6 +30,7 @@ async def get_usage(
     model: str | None = None,
     user: str | None = None,
 ) -> Response:
+    principal.require_any_scope(USAGE_SCOPES)
     if day is not None:
         start = end = day
     if start and end and end < start:

@@ -11,6 +11,10 @@ is tried for 2 s after a failure); unknown keys get 503 (not 401: the key may be
 fine) within 3 s, at once while the database is marked down. Unknown keys are
 cached as unknown for the TTL too, so a flood of bad keys cannot turn into a
 flood of queries.
+
+Expiry (a key's ``expires_at``, or the end of a rotated secret's grace window) is
+checked on every use, not only when the key is loaded, so a cached key stops
+working the moment it expires.
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
 
 from strata.errors import AuthenticationError, ServiceUnavailable
 from strata.observability import tracing
@@ -59,6 +65,10 @@ class Authenticator:
                 principal = await self._refresh(key_hash, hit, now)
             if principal is None:
                 raise AuthenticationError(f"Incorrect API key provided: {_mask(token)}.")
+            if principal.expires_at is not None and principal.expires_at <= datetime.now(UTC):
+                raise AuthenticationError(
+                    f"The API key {_mask(token)} has expired.", code="expired_api_key"
+                )
             return principal
 
     async def _refresh(
@@ -121,6 +131,12 @@ class Authenticator:
             except Exception as exc:
                 log.info("revocation listener lost Redis (%s); retrying", type(exc).__name__)
                 await asyncio.sleep(2)
+
+
+def client_host(scope: Mapping[str, Any]) -> str | None:
+    """The peer address of an ASGI connection (what IP allow-lists are checked against)."""
+    client = scope.get("client")
+    return str(client[0]) if isinstance(client, tuple | list) and client else None
 
 
 def _bearer(authorization: str | None) -> str:

@@ -16,9 +16,11 @@ from sqlalchemy import (
     Integer,
     Numeric,
     String,
+    Text,
     Uuid,
     func,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -65,6 +67,17 @@ class ApiKey(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Lifecycle (migration 0011); NULL: unrestricted. Scopes NULL: all but admin
+    # unless is_admin. ip_allow: CIDRs as text.
+    scopes: Mapped[list[str] | None] = mapped_column(ARRAY(Text), nullable=True)
+    allowed_models: Mapped[list[str] | None] = mapped_column(ARRAY(Text), nullable=True)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    ip_allow: Mapped[list[str] | None] = mapped_column(ARRAY(Text), nullable=True)
+    # Rotation: the secret before the current one, accepted until previous_expires_at.
+    previous_hash: Mapped[str | None] = mapped_column(String(64), index=True)
+    previous_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # When the current secret was issued by a rotation (NULL: at creation).
+    rotated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class UsageRecord(Base):
