@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 
 from strata.cli import app as cli_app
 from strata.errors import InvalidRequest, PermissionDenied
+from strata.security import audit
 from strata.security.keys import Principal, hash_key, parse_networks
 from strata.storage.engine import make_engine
 from strata.storage.repositories import keys as key_repo
@@ -307,8 +308,9 @@ def test_bulk_rotation_by_age(
 
 
 def test_admin_api_create_list_rotate_revoke(
-    server: Any, make_key: Callable[..., key_repo.NewKey], tenant: str
+    server: Any, make_key: Callable[..., key_repo.NewKey], tenant: str, database_url: str
 ) -> None:
+    """Each action is also in the audit log, with the admin key as the actor."""
     admin = make_key(is_admin=True)
     body = {
         "user": "bob",
@@ -353,6 +355,15 @@ def test_admin_api_create_list_rotate_revoke(
     denied(chat(server, newest), "invalid_api_key", 401)
     r = call(server, "DELETE", f"/v1/admin/keys/{made['id']}", admin.key)
     assert r.json()["deleted"] is False
+
+    entries = in_db(database_url, lambda e: audit.list_entries(e, tenant=tenant))
+    mine = [(e.action, e.target, e.actor) for e in entries if e.target == f"key:{made['id']}"]
+    assert mine == [
+        ("key.revoke", f"key:{made['id']}", admin.id),
+        ("key.rotate", f"key:{made['id']}", admin.id),
+        ("key.rotate", f"key:{made['id']}", admin.id),
+        ("key.create", f"key:{made['id']}", admin.id),
+    ]
 
     r = call(server, "POST", "/v1/admin/keys", admin.key, {"user": "x", "scopes": ["root"]})
     assert r.status_code == 400 and r.json()["error"]["param"] == "scopes"
@@ -441,6 +452,9 @@ def test_cli_rotate_one_and_in_bulk(
     assert k.id in out and "work until" in out
     assert chat(server, new).status_code == 200
     assert chat(server, k.key).status_code == 200  # within the 24 h grace
+    [entry] = in_db(database_url, lambda e: audit.list_entries(e, tenant=tenant))
+    assert (entry.action, entry.target) == ("key.rotate", f"key:{k.id}")
+    assert entry.actor.startswith("cli:") and entry.details == {"grace_s": 86400.0}
 
     old1, old2, young = make_key(name="a"), make_key(name="b"), make_key(name="c")
     for key_id in (old1.id, old2.id):
