@@ -46,7 +46,8 @@ def create_app(settings: Settings) -> FastAPI:
         title="Strata",
         version="0.1.0",
         lifespan=lifespan,
-        docs_url="/docs",
+        docs_url="/docs" if settings.hardening.api_docs else None,
+        openapi_url="/openapi.json" if settings.hardening.api_docs else None,
         redoc_url=None,
     )
     app.state.settings = settings
@@ -55,7 +56,11 @@ def create_app(settings: Settings) -> FastAPI:
         app.include_router(module.router)
     app.include_router(admin_keys_router)
     metrics_api.install(app, settings)
-    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        RequestContextMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        hardening=settings.hardening,
+    )
     app.fast_routes = {}
     for path, endpoint in (
         (chat.PATH, chat.chat_completions),
@@ -63,7 +68,7 @@ def create_app(settings: Settings) -> FastAPI:
     ):
         app.router.routes.append(Route(path, Endpoint(endpoint), methods=["POST"]))
         app.fast_routes[("POST", path)] = RequestContextMiddleware(
-            endpoint, max_body_bytes=settings.max_body_bytes
+            endpoint, max_body_bytes=settings.max_body_bytes, hardening=settings.hardening
         )
     if tracing.configured(settings.observability.tracing):
         # Outermost layer: the server span covers every other (and their log lines).

@@ -32,6 +32,7 @@ from strata.routing.auto import AutoRouter
 from strata.routing.breaker import CircuitBreakers
 from strata.routing.dispatch import Dispatcher
 from strata.routing.router import Router
+from strata.security import crypto as crypto_mod
 from strata.security.auth import Authenticator
 from strata.security.keys import Principal
 from strata.security.secrets import refresh_forever
@@ -96,7 +97,14 @@ class Runtime:
             stale_grace_s=settings.auth.stale_grace_s,
         )
         auto = AutoRouter(settings, providers, redis)
-        semantic = _semantic_cache(settings, providers, engine)
+        # Field encryption: the master key now (a bad reference fails start-up), the
+        # data keys from the database (retried by the refresh task when it is down).
+        crypto = crypto_mod.Crypto(crypto_mod.load_master_key(settings.crypto, settings.data_dir))
+        try:
+            await crypto_mod.sync_keys(engine, crypto)
+        except Exception as exc:
+            log.warning("data keys not loaded yet (%s); caching paused", type(exc).__name__)
+        semantic = _semantic_cache(settings, providers, engine, crypto)
         alerts = AlertDispatcher(redis, engine, settings.alerts)
         overrides = Overrides.from_engine(engine, refresh_s=settings.limits.overrides_refresh_s)
         rate = RateLimiter(redis, settings.limits, overrides=overrides)
@@ -124,7 +132,9 @@ class Runtime:
             recorder=recorder,
             auth=auth,
             dispatcher=dispatcher,
-            chat=ChatService(dispatcher, auto, ExactCache(redis, settings.cache), semantic, quota),
+            chat=ChatService(
+                dispatcher, auto, ExactCache(redis, settings.cache, crypto), semantic, quota
+            ),
             embeddings=EmbeddingService(dispatcher, quota),
             overrides=overrides,
             rate=rate,
@@ -143,6 +153,11 @@ class Runtime:
         except Exception as exc:  # the refresh task keeps trying
             log.warning("limit overrides not loaded yet (%s)", type(exc).__name__)
         rt.tasks.append(asyncio.create_task(overrides.run()))
+        rt.tasks.append(
+            asyncio.create_task(
+                crypto_mod.refresh_forever(engine, crypto, settings.crypto.refresh_s)
+            )
+        )
         rt.tasks.append(asyncio.create_task(semantic.expire_forever()))
         rt.tasks.append(asyncio.create_task(auth.listen_for_revocations(redis)))
         rt.tasks.append(asyncio.create_task(dispatcher.publish_latency(redis)))
@@ -224,7 +239,10 @@ async def alert_crossings(alerts: AlertDispatcher, crossings: list[Crossing]) ->
 
 
 def _semantic_cache(
-    settings: Settings, providers: dict[str, Provider], engine: AsyncEngine
+    settings: Settings,
+    providers: dict[str, Provider],
+    engine: AsyncEngine,
+    crypto: crypto_mod.Crypto | None = None,
 ) -> SemanticCache:
     """The semantic cache, embedding through the first deployment of its alias."""
     from strata.cache.guard import compatible
@@ -242,7 +260,7 @@ def _semantic_cache(
             return (await provider.embed(texts, model)).vectors
 
         embed = embed_texts
-    return SemanticCache(engine, s, settings.cache.default_ttl_s, embed, label, compatible)
+    return SemanticCache(engine, s, settings.cache.default_ttl_s, embed, label, compatible, crypto)
 
 
 async def _after_models_load(rt: Runtime, auto: AutoRouter) -> None:

@@ -31,6 +31,8 @@ from strata.cache.guard import DEFAULT_THRESHOLD
 from strata.errors import ConfigError
 from strata.limits.config import BudgetsSettings, LimitsSettings
 from strata.observability.config import ObservabilitySettings
+from strata.security.crypto import CryptoSettings
+from strata.security.hardening import HardeningSettings
 from strata.security.secrets import SecretsSettings
 
 
@@ -299,6 +301,8 @@ class Settings(BaseSettings):
     alerts: AlertsSettings = AlertsSettings()
     observability: ObservabilitySettings = ObservabilitySettings()
     secrets: SecretsSettings = SecretsSettings()
+    crypto: CryptoSettings = CryptoSettings()
+    hardening: HardeningSettings = HardeningSettings()
     providers: dict[str, ProviderConfig] = Field(default_factory=_default_providers)
     models: dict[str, Alias] = Field(default_factory=_default_models)
 

@@ -31,6 +31,10 @@ def header(scope: Scope, name: bytes) -> str | None:
 
 
 async def read_json(receive: Any) -> Any:
+    """The body as JSON, strictly (RFC 8259, orjson): NaN, Infinity, comments,
+    trailing commas and invalid UTF-8 are 400s. A duplicate key keeps its last
+    value, like Python's json, JSON.parse and the OpenAI API (see
+    security/hardening.py for why it is not rejected)."""
     chunks = []
     while True:
         message = await receive()

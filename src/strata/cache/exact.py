@@ -15,6 +15,14 @@ see strata.cache.semantic).
 Every entry is also listed under its user (``strata:cache:owner:{tenant}:{user}``)
 so a user's entries can be erased (``strata cache forget``).
 
+Values are encrypted at rest (strata.security.crypto, AES-256-GCM under the
+active data key, associated data = the cache key, so a value copied under
+another key does not open). ``entry()`` is the plaintext form (the semantic
+cache encrypts it for its own table); ``put`` encrypts and ``get`` decrypts. A
+value that does not open (damaged, or under a data key retired by ``strata
+crypto rotate``) is a miss and is overwritten by the fresh answer; entries under
+an old key otherwise simply expire with their TTL.
+
 Policy when Redis is unreachable: requests go uncached (header ``bypass``,
 logged, counted in ``errors``); after a failure the cache is skipped for a few
 seconds so no request waits on a dead Redis.
@@ -33,6 +41,7 @@ import orjson
 
 from strata.cache.keys import exact_key, owner_key
 from strata.errors import InvalidRequest
+from strata.security.crypto import Crypto, DecryptError
 from strata.security.keys import Principal
 from strata.settings import Alias, CacheSettings
 
@@ -93,8 +102,9 @@ BYPASS = Plan(None, False, False)
 
 
 class ExactCache:
-    def __init__(self, redis: Any, settings: CacheSettings) -> None:
+    def __init__(self, redis: Any, settings: CacheSettings, crypto: Crypto | None = None) -> None:
         self.redis = redis
+        self.crypto = crypto  # None: values stored in clear (tools and tests only)
         self.s = settings
         self._down_until = 0.0
         self._pending: set[asyncio.Task[None]] = set()
@@ -141,6 +151,12 @@ class ExactCache:
             self._failed(exc)
             plan.failed = True
             return None
+        if raw is not None and self.crypto is not None:
+            try:
+                raw = self.crypto.decrypt(raw, plan.key.encode())
+            except DecryptError as exc:
+                log.info("cache entry skipped (%s)", exc)
+                raw = None
         if raw is None:
             self.misses += 1
             return None
@@ -184,6 +200,10 @@ class ExactCache:
             return
         ttl = max(1, int(alias.cache.ttl_s or self.s.default_ttl_s))
         owner = owner_key(principal.tenant_id, principal.user_id)
+        if self.crypto is not None:
+            if not self.crypto.ready:  # data keys not loaded yet: never store in clear
+                return
+            raw = self.crypto.encrypt(raw, plan.key.encode())
         task = asyncio.create_task(self._set(plan.key, raw, ttl, owner))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)

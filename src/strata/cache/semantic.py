@@ -16,6 +16,11 @@ cosine similarity at or above the threshold *and* the lexical guard
 reaches 99% precision, because embeddings barely see word order, numbers or
 negations.
 
+At rest, the question and the answer are encrypted (strata.security.crypto):
+lookups fetch the nearest candidates' ciphertext and decrypt only the questions of
+those above the threshold (at most ``CANDIDATES``) for the guard, and the answer
+of the hit. The embedding is stored in clear (see the repository's docstring).
+
 Failure policy: a lookup that fails or exceeds ``lookup_timeout_s`` is a miss
 (nothing stored for that request, counted in ``errors``, logged); after a
 database error the semantic cache is skipped for a few seconds. Requests never
@@ -38,6 +43,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from strata.cache.exact import Hit, control_tokens, storable
 from strata.cache.keys import OUTPUT_NEUTRAL
+from strata.security import crypto as crypto_mod
+from strata.security.crypto import Crypto, DecryptError, UnknownKeyError
 from strata.security.keys import Principal
 from strata.settings import Alias, SemanticCacheSettings
 from strata.storage.repositories import semantic_cache as repo
@@ -133,8 +140,11 @@ class SemanticCache:
         embed: Embed | None,
         embed_label: str,
         guard: Guard | None,
+        crypto: Crypto | None = None,
     ) -> None:
         self.engine = engine
+        self.crypto = crypto  # None: nothing can be stored or read (rows are ciphertext)
+        self._synced_at = 0.0
         # Lookups and writes go through a small asyncpg pool of their own (no
         # pre-ping round trip, no greenlet per query); the engine until it is up.
         self.db: Any = engine
@@ -220,21 +230,41 @@ class SemanticCache:
             self._failed(exc)
             plan.failed = True
             return None
+        crypto = self.crypto
+        if crypto is None:
+            self.misses += 1
+            return None
+        where = (plan.namespace, plan.alias, plan.context)
         for c in candidates:
             if c.similarity < plan.threshold:
                 break
-            if self.guard is None or self.guard(plan.query, c.query):
-                self.hits += 1
-                entry = orjson.loads(c.entry)
-                return Hit(
-                    entry["body"],
-                    entry["prompt_tokens"],
-                    entry["completion_tokens"],
-                    entry["provider"],
-                    entry["model"],
-                    Decimal(entry["cost_usd"]),
-                    similarity=c.similarity,
-                )
+            try:
+                try:
+                    query = crypto.decrypt_text(c.query_enc, repo.aad(*where, "q"))
+                except UnknownKeyError:
+                    # Re-encrypted by a rotation elsewhere: load the new key (at most
+                    # once a second) and try again.
+                    if time.monotonic() - self._synced_at < 1.0:
+                        raise
+                    self._synced_at = time.monotonic()
+                    await crypto_mod.sync_keys(self.engine, crypto)
+                    query = crypto.decrypt_text(c.query_enc, repo.aad(*where, "q"))
+                if self.guard is not None and not self.guard(plan.query, query):
+                    continue
+                entry = orjson.loads(crypto.decrypt(c.entry_enc, repo.aad(*where, "e")))
+            except DecryptError as exc:  # a retired key or a damaged row: not an answer
+                log.info("semantic cache: skipped a row (%s)", exc)
+                continue
+            self.hits += 1
+            return Hit(
+                entry["body"],
+                entry["prompt_tokens"],
+                entry["completion_tokens"],
+                entry["provider"],
+                entry["model"],
+                Decimal(entry["cost_usd"]),
+                similarity=c.similarity,
+            )
         self.misses += 1
         return None
 
@@ -242,23 +272,28 @@ class SemanticCache:
         """Store in the background (the exact cache's serialised entry)."""
         if plan.failed or not plan.store or not storable(body):
             return
-        task = asyncio.create_task(self._insert(plan, entry.decode()))
+        task = asyncio.create_task(self._insert(plan, entry))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    async def _insert(self, plan: SemanticPlan, entry: str) -> None:
+    async def _insert(self, plan: SemanticPlan, entry: bytes) -> None:
         try:
+            crypto = self._crypto()
             vector = plan.vector or await self._embed(plan.query)
             self._inserts += 1
             trim = self._inserts % TRIM_EVERY == 1
+            where = (plan.namespace, plan.alias, plan.context)
+            query_enc = crypto.encrypt_text(plan.query, repo.aad(*where, "q"))
             await repo.insert(
                 self.db,
                 namespace=plan.namespace,
                 alias=plan.alias,
                 context=plan.context,
                 vector=vector,
-                query=plan.query,
-                entry=entry,
+                query_enc=query_enc,
+                entry_enc=crypto.encrypt(entry, repo.aad(*where, "e")),
+                query_hmac=crypto.blind_index(plan.query),
+                dek_id=crypto.active_id or 0,
                 tenant_id=plan.principal.tenant_id,
                 user_id=plan.principal.user_id,
                 key_id=plan.principal.key_id,
@@ -267,6 +302,11 @@ class SemanticCache:
             )
         except Exception as exc:
             self._failed(exc)
+
+    def _crypto(self) -> Crypto:
+        if self.crypto is None:
+            raise RuntimeError("the semantic cache needs field encryption keys")
+        return self.crypto
 
     async def _embed(self, text: str) -> list[float]:
         if self.embed is None:

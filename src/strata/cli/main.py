@@ -14,6 +14,7 @@ from strata.cli import (
     audit_cmd,
     cache_cmd,
     config_cmd,
+    crypto_cmd,
     keys_cmd,
     limits_cmd,
     models_cmd,
@@ -48,6 +49,7 @@ app.add_typer(alerts_cmd.app, name="alerts")
 app.add_typer(limits_cmd.app, name="limits")
 app.add_typer(limits_cmd.budgets_app, name="budgets")
 app.add_typer(audit_cmd.app, name="audit")
+app.add_typer(crypto_cmd.app, name="crypto")
 app.command("usage")(usage_cmd.usage)
 app.command("models")(models_cmd.models)
 
