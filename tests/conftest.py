@@ -9,6 +9,7 @@ with the official openai SDK.
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import socket
 import threading
@@ -30,6 +31,11 @@ from strata.storage.repositories import keys as key_repo
 
 # Real and scripted upstreams (llama.cpp server, aiohttp scripts), for any test.
 pytest_plugins = ["tests.upstreams"]
+
+# One master key for every server of the session (they share one database; with a
+# key per data dir, each would refuse the others' data keys, as separate instances
+# without a shared crypto.master_key do).
+os.environ.setdefault("STRATA_TEST_MASTER_KEY", base64.b64encode(os.urandom(32)).decode())
 
 # Models every test server knows: the embedded defaults plus scripted fakes.
 TEST_CONFIG: dict[str, Any] = {
@@ -67,6 +73,7 @@ TEST_CONFIG: dict[str, Any] = {
     # Limits stay on (every request takes the limiter's path) but do not throttle
     # the suite, whose tests share a few users; tests of limits set their own.
     "limits": {"user": {"requests_per_second": 1000}},
+    "crypto": {"master_key": "env:STRATA_TEST_MASTER_KEY"},
 }
 
 

@@ -170,8 +170,9 @@ class Crypto:
             )
         except InvalidTag as exc:
             raise ConfigError(
-                f"data key {key_id} does not open with this master key (was crypto.master_key "
-                "changed? the old one is needed to read existing data)"
+                f"data key {key_id} does not open with this master key: every instance "
+                "sharing this database needs the same crypto.master_key (a secret reference), "
+                "and the old one is needed to read data written under it"
             ) from exc
 
     @property
