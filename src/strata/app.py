@@ -12,6 +12,7 @@ from starlette.routing import Route
 from strata.api import admin_audit, admin_limits, chat, embeddings, health, models, usage
 from strata.api import metrics as metrics_api
 from strata.api.admin_keys import router as admin_keys_router
+from strata.api.admin_privacy import router as admin_privacy_router
 from strata.api.errors import install as install_error_handlers
 from strata.api.fast import Endpoint, StrataApp
 from strata.api.middleware import RequestContextMiddleware
@@ -55,6 +56,7 @@ def create_app(settings: Settings) -> FastAPI:
     for module in (models, usage, health, admin_limits, admin_audit):
         app.include_router(module.router)
     app.include_router(admin_keys_router)
+    app.include_router(admin_privacy_router)
     metrics_api.install(app, settings)
     app.add_middleware(
         RequestContextMiddleware,

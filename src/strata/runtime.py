@@ -26,6 +26,7 @@ from strata.limits.overrides import Overrides
 from strata.limits.rate import RateLimiter
 from strata.observability.metrics import Metrics
 from strata.observability.tracing import Tracing, current_trace_id
+from strata.privacy.retention import purge_forever
 from strata.providers.base import Provider
 from strata.providers.registry import build_providers
 from strata.routing.auto import AutoRouter
@@ -159,6 +160,7 @@ class Runtime:
             )
         )
         rt.tasks.append(asyncio.create_task(semantic.expire_forever()))
+        rt.tasks.append(asyncio.create_task(purge_forever(engine, settings.retention)))
         rt.tasks.append(asyncio.create_task(auth.listen_for_revocations(redis)))
         rt.tasks.append(asyncio.create_task(dispatcher.publish_latency(redis)))
         if settings.secrets.refresh_s > 0:  # rotated secrets apply without a restart

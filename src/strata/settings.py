@@ -31,6 +31,7 @@ from strata.cache.guard import DEFAULT_THRESHOLD
 from strata.errors import ConfigError
 from strata.limits.config import BudgetsSettings, LimitsSettings
 from strata.observability.config import ObservabilitySettings
+from strata.privacy.retention import RetentionSettings
 from strata.security.crypto import CryptoSettings
 from strata.security.hardening import HardeningSettings
 from strata.security.secrets import SecretsSettings
@@ -302,6 +303,7 @@ class Settings(BaseSettings):
     observability: ObservabilitySettings = ObservabilitySettings()
     secrets: SecretsSettings = SecretsSettings()
     crypto: CryptoSettings = CryptoSettings()
+    retention: RetentionSettings = RetentionSettings()
     hardening: HardeningSettings = HardeningSettings()
     providers: dict[str, ProviderConfig] = Field(default_factory=_default_providers)
     models: dict[str, Alias] = Field(default_factory=_default_models)

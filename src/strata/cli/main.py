@@ -18,6 +18,7 @@ from strata.cli import (
     keys_cmd,
     limits_cmd,
     models_cmd,
+    privacy_cmd,
     route_cmd,
     usage_cmd,
 )
@@ -50,6 +51,7 @@ app.add_typer(limits_cmd.app, name="limits")
 app.add_typer(limits_cmd.budgets_app, name="budgets")
 app.add_typer(audit_cmd.app, name="audit")
 app.add_typer(crypto_cmd.app, name="crypto")
+app.add_typer(privacy_cmd.app, name="privacy")
 app.command("usage")(usage_cmd.usage)
 app.command("models")(models_cmd.models)
 
