@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -58,6 +57,7 @@ from redis.exceptions import NoScriptError, RedisError
 
 from strata.errors import StrataError
 from strata.limits.config import BudgetCaps, BudgetsSettings
+from strata.limits.outage import RedisBackoff
 from strata.limits.overrides import Overrides, merged, user_subject
 from strata.limits.scripts import RESERVE_SCRIPT, SETTLE_SCRIPT, SHAS
 from strata.limits.units import (
@@ -71,8 +71,6 @@ from strata.limits.units import (
 log = logging.getLogger("strata.limits")
 
 PREFIX = "strata:budget"
-# Consecutive timeouts that count as an outage (a connection error is one at once).
-TIMEOUTS_BEFORE_BACKOFF = 3
 # Period hashes outlive their period by this much (``budgets show`` of yesterday).
 PERIOD_MARGIN = timedelta(days=1)
 # A reservation's record outlives its deadline this long (a late settle still finds it).
@@ -175,7 +173,7 @@ class BudgetExceeded(StrataError):
         self.cap, self.resets_at = cap, resets_at
 
 
-class Budgets:
+class Budgets(RedisBackoff):
     """Reserve before a call, settle after it (see the module docstring)."""
 
     def __init__(
@@ -199,10 +197,7 @@ class Budgets:
         self.clock = clock or (lambda: datetime.now(UTC))
         self.prefix = prefix
         self.on_crossing = on_crossing
-        self.errors = 0
-        self._down = False
-        self._down_until = 0.0
-        self._timeouts = 0  # consecutive
+        self._init_backoff(settings.down_backoff_s)
         # key -> [spent, reserved] units as last seen in Redis, plus local changes.
         self._view: dict[str, list[int]] = {}
         # Settles made while Redis was unreachable, by reservation id, in order.
@@ -535,10 +530,6 @@ class Budgets:
         if self._replay_task is not None:
             await asyncio.gather(self._replay_task, return_exceptions=True)
 
-    def redis_usable(self) -> bool:
-        """False while backing off after a Redis failure."""
-        return time.monotonic() >= self._down_until
-
     def _exceeded(self, s: Slot, now: datetime) -> BudgetExceeded:
         return BudgetExceeded(
             s.scope,
@@ -565,29 +556,18 @@ class Budgets:
             await self.redis.script_load(script)
             return await self.redis.evalsha(sha, len(keys), *keys, *args)
 
-    def failed(self, exc: BaseException) -> None:
-        """Redis failed (error or timeout): back off, log once per outage, count."""
-        self.errors += 1
-        if isinstance(exc, TimeoutError):
-            # A lone timeout is usually this process's event loop running late under
-            # load, not Redis: decide this request without Redis, keep using it.
-            self._timeouts += 1
-            if self._timeouts < TIMEOUTS_BEFORE_BACKOFF:
-                return
-        self._down_until = time.monotonic() + self.s.down_backoff_s
-        if not self._down:
-            self._down = True
-            log.warning(
-                "budgets: Redis unreachable (%s); enforcing from last known spend",
-                type(exc).__name__,
-            )
+    def _went_down(self, exc: BaseException) -> None:
+        log.warning(
+            "budgets: Redis unreachable (%s); enforcing from last known spend",
+            type(exc).__name__,
+        )
+
+    def _came_back(self) -> None:
+        log.warning("budgets: Redis reachable again; replaying %d settles", self.queued)
 
     def recovered(self) -> None:
-        self._timeouts = 0
         """Redis answered: end an outage, start replaying queued settles."""
-        if self._down:
-            self._down = False
-            log.warning("budgets: Redis reachable again; replaying %d settles", self.queued)
+        super().recovered()
         waiting = self._queued or self._abandoned
         if waiting and (self._replay_task is None or self._replay_task.done()):
             self._replay_task = asyncio.create_task(self._replay_in_background())

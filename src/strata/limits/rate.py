@@ -47,6 +47,7 @@ from redis.exceptions import NoScriptError, RedisError
 
 from strata.errors import RateLimited, ServiceUnavailable, StrataError
 from strata.limits.config import FailureMode, LimitsSettings, RuleSet
+from strata.limits.outage import RedisBackoff
 from strata.limits.overrides import Overrides, merged, user_subject
 from strata.limits.scripts import CHECK_SCRIPT, CORRECT_SCRIPT, SHAS
 
@@ -54,8 +55,6 @@ log = logging.getLogger("strata.limits")
 
 # Redis key prefix of rate-limit state (one string per limit: its tat in ms).
 PREFIX = "strata:rl"
-# Consecutive timeouts that count as an outage (a connection error is one at once).
-TIMEOUTS_BEFORE_BACKOFF = 3
 # A limit's key outlives its full bucket by this much (ms), so a slow clock read
 # never resets a bucket early.
 EXPIRY_SLACK_MS = 1000
@@ -231,7 +230,7 @@ class LocalGcra:
                 self.tats.pop(lim.key, None)
 
 
-class RateLimiter:
+class RateLimiter(RedisBackoff):
     """Checks every limit of a request in one Redis round trip (see the module doc)."""
 
     def __init__(
@@ -249,10 +248,7 @@ class RateLimiter:
         self.clock = clock
         self.prefix = prefix
         self.local = LocalGcra()
-        self.errors = 0
-        self._down = False
-        self._down_until = 0.0
-        self._timeouts = 0  # consecutive
+        self._init_backoff(settings.down_backoff_s)
         self._compiled: dict[tuple[str, str], list[Limit]] = {}
         self._compiled_version = -1
         self._pending: set[asyncio.Task[None]] = set()
@@ -431,30 +427,12 @@ class RateLimiter:
             await self.redis.script_load(script)
             return await self.redis.evalsha(sha, len(keys), *keys, *args)
 
-    def redis_usable(self) -> bool:
-        """False while backing off after a Redis failure."""
-        return time.monotonic() >= self._down_until
+    def _went_down(self, exc: BaseException) -> None:
+        log.warning(
+            "rate limits: Redis unreachable (%s); deciding per instance by failure_mode",
+            type(exc).__name__,
+        )
 
-    def failed(self, exc: BaseException) -> None:
-        """Redis failed (error or timeout): back off, log once per outage, count."""
-        self.errors += 1
-        if isinstance(exc, TimeoutError):
-            # A lone timeout is usually this process's event loop running late under
-            # load, not Redis: decide this request without Redis, keep using it.
-            self._timeouts += 1
-            if self._timeouts < TIMEOUTS_BEFORE_BACKOFF:
-                return
-        self._down_until = time.monotonic() + self.s.down_backoff_s
-        if not self._down:
-            self._down = True
-            log.warning(
-                "rate limits: Redis unreachable (%s); deciding per instance by failure_mode",
-                type(exc).__name__,
-            )
-
-    def recovered(self) -> None:
-        self._timeouts = 0
-        if self._down:
-            self._down = False
-            self.local = LocalGcra()
-            log.warning("rate limits: Redis reachable again")
+    def _came_back(self) -> None:
+        self.local = LocalGcra()
+        log.warning("rate limits: Redis reachable again")
