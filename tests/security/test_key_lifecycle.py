@@ -190,6 +190,12 @@ def test_allowed_models(server: Any, make_key: Callable[..., key_repo.NewKey]) -
     assert "'fake-slow'" in err["message"] and err["param"] == "model"
     err = denied(embed(server, k.key), "model_not_allowed")
     assert "'embed-default'" in err["message"]
+    # The model list shows only what the key may use; others look like unknown models.
+    auth = {"authorization": f"Bearer {k.key}"}
+    listed = httpx.get(server.base_url + "/v1/models", headers=auth).json()["data"]
+    assert [m["id"] for m in listed] == ["fake"]
+    assert httpx.get(server.base_url + "/v1/models/fake-slow", headers=auth).status_code == 404
+    assert httpx.get(server.base_url + "/v1/models/fake", headers=auth).status_code == 200
 
 
 def test_expiry(server: Any, make_key: Callable[..., key_repo.NewKey], database_url: str) -> None:

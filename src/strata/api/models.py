@@ -50,13 +50,20 @@ def _model(rt: Runtime, name: str, alias: Alias) -> dict[str, Any]:
 
 @router.get("/v1/models")
 async def list_models(rt: RuntimeDep, principal: PrincipalDep) -> Response:
-    data = [_model(rt, n, a) for n, a in rt.router.aliases.items()]
+    allowed = principal.allowed_models
+    data = [
+        _model(rt, n, a)
+        for n, a in rt.router.aliases.items()
+        if allowed is None or n in allowed  # a key limited to some aliases sees only those
+    ]
     return json_response({"object": "list", "data": data})
 
 
 @router.get("/v1/models/{model_id:path}")
 async def get_model(model_id: str, rt: RuntimeDep, principal: PrincipalDep) -> Response:
     alias = rt.router.aliases.get(model_id)
-    if alias is None:
+    allowed = principal.allowed_models
+    if alias is None or (allowed is not None and model_id not in allowed):
+        # Not listed for this key: the same answer as an alias that does not exist.
         raise ModelNotFound(f"The model '{model_id}' does not exist.", param="model")
     return json_response(_model(rt, model_id, alias))

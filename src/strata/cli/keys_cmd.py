@@ -274,17 +274,19 @@ def revoke(key_id: str, config: Path | None = ConfigOpt) -> None:
     settings = settings_or_exit(config)
     with running_services(settings) as live:
 
-        async def run(engine: AsyncEngine) -> str | None:
-            key_hash = await key_repo.revoke_key(engine, key_id)
-            if key_hash is not None:
+        async def run(engine: AsyncEngine) -> list[str]:
+            # Every hash: a previous secret in its grace window is evicted too.
+            hashes = await key_repo.revoke_key_hashes(engine, key_id)
+            if hashes:
                 await audit.record_cli_change(engine, "key.revoke", "key", key_id)
-            return key_hash
+            return hashes
 
-        key_hash = with_engine(live, run)
-        if key_hash is None:
+        hashes = with_engine(live, run)
+        if not hashes:
             err_console.print(f"[red]no active key {key_id}[/red]")
             raise typer.Exit(1)
-        _evict_everywhere(live.redis_url or "", key_hash)
+        for key_hash in hashes:
+            _evict_everywhere(live.redis_url or "", key_hash)
     console.print(f"revoked {key_id}")
 
 
