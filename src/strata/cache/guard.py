@@ -73,6 +73,21 @@ from dataclasses import dataclass
 from functools import lru_cache
 from itertools import pairwise
 
+from strata.cache.guard_vocab import (
+    _ABBREV,
+    _CONTRACTIONS,
+    _NEGATION,
+    _ORDINALS,
+    _RELATION,
+    _ROMAN,
+    _ROMAN_VALUE,
+    _SCALES,
+    _STOP,
+    _UNITS,
+    _wordset,
+)
+from strata.cache.stem import stem
+
 __all__ = [
     "DEFAULT_THRESHOLD",
     "Analysis",
@@ -89,230 +104,6 @@ __all__ = [
 #: least 99% precise (``strata cache eval``), rounded down to two decimals
 #: without gaining or losing a hit. Below it no labelled pair passes the guard.
 DEFAULT_THRESHOLD = 0.60
-
-# --- vocabulary ------------------------------------------------------------------
-
-# Words that never change which answer is right: function words and question
-# framing. Compared before stemming.
-
-
-def _wordset(text: str) -> frozenset[str]:
-    return frozenset(text.split())
-
-
-_STOP = _wordset(
-    """
-    a an the this that these those some any all every each one ones such
-    i me my mine myself you your yours yourself we us our ours he him his she her
-    hers it its they them their theirs someone somebody something anyone anything
-    be am is are was were been being do does did done doing have has had having
-    can could will would shall should may might must ought
-    how what which whats hows
-    and or but nor if whether so then also just really very quite actually
-    at on in of for with by about as per to into onto from via using
-    please pls plz kindly tell explain describe show give suggest recommend
-    let lets know want like
-    help need wondering wonder curious question way ways possible able
-    calculate compute find determine convert solve work
-    many much there here
-    """
-)
-
-# Stop words that are also relations (rule 5) and the form they are compared in.
-_RELATION = {
-    "to": "to",
-    "into": "to",
-    "onto": "to",
-    "toward": "toward",
-    "towards": "toward",
-    "from": "from",
-    "of": "of",
-    "in": "in",
-    "for": "for",
-    "by": "by",
-    "per": "per",
-    "than": "than",
-    "instead": "instead",
-    "before": "before",
-    "after": "after",
-    "over": "over",
-    "under": "under",
-    "above": "above",
-    "below": "below",
-    "until": "until",
-    "since": "since",
-    "against": "against",
-}
-
-_NEGATION = _wordset("not no never without none nothing cannot neither nor")
-
-# n't and apostrophe-less contractions people type.
-_CONTRACTIONS = {
-    "can't": "can not",
-    "won't": "will not",
-    "shan't": "shall not",
-    "ain't": "is not",
-    "dont": "do not",
-    "doesnt": "does not",
-    "didnt": "did not",
-    "isnt": "is not",
-    "arent": "are not",
-    "wasnt": "was not",
-    "werent": "were not",
-    "cant": "can not",
-    "couldnt": "could not",
-    "shouldnt": "should not",
-    "wouldnt": "would not",
-    "havent": "have not",
-    "hasnt": "has not",
-    "hadnt": "had not",
-    "mustnt": "must not",
-    "neednt": "need not",
-    "whats": "what is",
-    "hows": "how is",
-    "wheres": "where is",
-    "whos": "who is",
-    "thats": "that is",
-    "im": "i am",
-    "ive": "i have",
-    "youre": "you are",
-    "theyre": "they are",
-    "w/o": "without",
-    "w/": "with",
-    "u": "you",
-    "r": "are",
-    "alot": "a lot",
-}
-
-# General abbreviations and spellings (not fitted to any benchmark pair).
-_ABBREV = {
-    # units
-    "km": "kilometer",
-    "kms": "kilometer",
-    "kilometre": "kilometer",
-    "kilometres": "kilometer",
-    "m": "meter",
-    "metre": "meter",
-    "metres": "meter",
-    "cm": "centimeter",
-    "centimetre": "centimeter",
-    "mm": "millimeter",
-    "millimetre": "millimeter",
-    "mi": "mile",
-    "ft": "foot",
-    "feet": "foot",
-    "yd": "yard",
-    "kg": "kilogram",
-    "kgs": "kilogram",
-    "g": "gram",
-    "mg": "milligram",
-    "lb": "pound",
-    "lbs": "pound",
-    "oz": "ounce",
-    "l": "liter",
-    "litre": "liter",
-    "litres": "liter",
-    "ml": "milliliter",
-    "millilitre": "milliliter",
-    "millilitres": "milliliter",
-    "tbsp": "tablespoon",
-    "tbs": "tablespoon",
-    "tsp": "teaspoon",
-    "hr": "hour",
-    "hrs": "hour",
-    "min": "minute",
-    "mins": "minute",
-    "sec": "second",
-    "secs": "second",
-    "c": "celsius",
-    "f": "fahrenheit",
-    # currencies (ISO codes)
-    "usd": "dollar",
-    "eur": "euro",
-    "gbp": "british pound",
-    "jpy": "japanese yen",
-    "cny": "chinese yuan",
-    "inr": "indian rupee",
-    "cad": "canadian dollar",
-    "aud": "australian dollar",
-    "chf": "swiss franc",
-    "mxn": "mexican peso",
-    # general
-    "int": "integer",
-    "str": "string",
-    "char": "character",
-    "bool": "boolean",
-    "info": "information",
-    "app": "application",
-    "apps": "application",
-    "repo": "repository",
-    "config": "configuration",
-    "approx": "approximately",
-    "lcm": "least common multiple",
-    "gcd": "greatest common divisor",
-    "gcf": "greatest common factor",
-    "percentage": "percent",
-    "people": "person",
-    "children": "child",
-    "men": "man",
-    "women": "woman",
-    "teeth": "tooth",
-    "mice": "mouse",
-    "twice": "2 time",
-    "hourly": "per hour",
-    "daily": "per day",
-    "weekly": "per week",
-    "monthly": "per month",
-    "yearly": "per year",
-    "annually": "per year",
-    "thrice": "3 time",
-}
-
-_UNITS = {
-    "zero": 0,
-    "one": 1,
-    "two": 2,
-    "three": 3,
-    "four": 4,
-    "five": 5,
-    "six": 6,
-    "seven": 7,
-    "eight": 8,
-    "nine": 9,
-    "ten": 10,
-    "eleven": 11,
-    "twelve": 12,
-    "thirteen": 13,
-    "fourteen": 14,
-    "fifteen": 15,
-    "sixteen": 16,
-    "seventeen": 17,
-    "eighteen": 18,
-    "nineteen": 19,
-    "twenty": 20,
-    "thirty": 30,
-    "forty": 40,
-    "fifty": 50,
-    "sixty": 60,
-    "seventy": 70,
-    "eighty": 80,
-    "ninety": 90,
-}
-_SCALES = {"hundred": 100, "thousand": 1000, "million": 10**6, "billion": 10**9}
-_ORDINALS = {
-    "1": "first",
-    "2": "second",
-    "3": "third",
-    "4": "fourth",
-    "5": "fifth",
-    "6": "sixth",
-    "7": "seventh",
-    "8": "eighth",
-    "9": "ninth",
-    "10": "tenth",
-}
-_ROMAN = re.compile(r"^X{0,3}(?:IX|IV|V?I{0,3})$")
-_ROMAN_VALUE = {"I": 1, "V": 5, "X": 10}
 
 # --- text to tokens ----------------------------------------------------------------
 
@@ -485,88 +276,6 @@ def _numbers(toks: list[_Tok]) -> list[_Tok]:
             out.append(_Tok(_num(total + current), False, False))
         i = j
     return out
-
-
-# --- stemming (Porter's steps 1 and 5, and Snowball's -ly) ---------------------------
-
-
-def _cons(w: str, i: int) -> bool:
-    c = w[i]
-    if c in "aeiou":
-        return False
-    if c == "y":
-        return i == 0 or not _cons(w, i - 1)
-    return True
-
-
-def _measure(w: str) -> int:
-    m, i, n = 0, 0, len(w)
-    while i < n and _cons(w, i):
-        i += 1
-    while i < n:
-        while i < n and not _cons(w, i):
-            i += 1
-        if i >= n:
-            break
-        while i < n and _cons(w, i):
-            i += 1
-        m += 1
-    return m
-
-
-def _has_vowel(w: str) -> bool:
-    return any(not _cons(w, i) for i in range(len(w)))
-
-
-def _cvc(w: str) -> bool:
-    return (
-        len(w) >= 3
-        and _cons(w, len(w) - 3)
-        and not _cons(w, len(w) - 2)
-        and _cons(w, len(w) - 1)
-        and w[-1] not in "wxy"
-    )
-
-
-@lru_cache(maxsize=8192)
-def stem(w: str) -> str:
-    """A light Porter stem: inflection (-s, -ed, -ing, -ly, final e) only."""
-    if len(w) <= 3 or not w.isalpha():
-        return w
-    # 1a: plurals
-    if w.endswith(("sses", "ies")):
-        w = w[:-2]
-    elif w.endswith("s") and not w.endswith(("ss", "us", "is")):
-        w = w[:-1]
-    # 1b: -ed, -ing
-    if w.endswith("eed"):
-        if _measure(w[:-3]) > 0:
-            w = w[:-1]
-    else:
-        for suffix in ("ed", "ing"):
-            base = w[: -len(suffix)]
-            if w.endswith(suffix) and _has_vowel(base):
-                w = base
-                if w.endswith(("at", "bl", "iz")):
-                    w += "e"
-                elif len(w) > 1 and w[-1] == w[-2] and _cons(w, len(w) - 1) and w[-1] not in "lsz":
-                    w = w[:-1]
-                elif _measure(w) == 1 and _cvc(w):
-                    w += "e"
-                break
-    # 1c: y -> i; -ly
-    if w.endswith("y") and _has_vowel(w[:-1]):
-        w = w[:-1] + "i"
-    if w.endswith("li") and len(w) >= 6 and (w[-3] in "cdeghkmnrt" or w.endswith("alli")):
-        w = w[:-2]
-    # 5: final e, double l
-    if w.endswith("e"):
-        m = _measure(w[:-1])
-        if m > 1 or (m == 1 and not _cvc(w[:-1])):
-            w = w[:-1]
-    if w.endswith("ll") and _measure(w) > 1:
-        w = w[:-1]
-    return w
 
 
 # --- analysis ----------------------------------------------------------------------
