@@ -48,18 +48,17 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
 from typing import Any, Literal
 
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import RedisError
 
-from strata.errors import StrataError
+from strata.limits.budget_types import BudgetExceeded, Crossing, Reservation, Slot, Subject
 from strata.limits.config import BudgetCaps, BudgetsSettings
 from strata.limits.outage import RedisBackoff
 from strata.limits.overrides import Overrides, merged, user_subject
-from strata.limits.scripts import RESERVE_SCRIPT, SETTLE_SCRIPT, SHAS
+from strata.limits.scripts import RESERVE_SCRIPT, SETTLE_SCRIPT, evalsha
 from strata.limits.units import (
     Period,
     from_units,
@@ -82,95 +81,6 @@ SWEEP_BATCH = 20
 REPLAY_TIMEOUT_S = 2.0
 # In-memory caches and views are bounded (entries).
 MAX_CACHED = 100_000
-
-
-@dataclass(frozen=True, slots=True)
-class Subject:
-    """One budget subject: ``scope`` key|user|tenant, ``id`` as overrides name it."""
-
-    scope: str
-    id: str
-    caps: BudgetCaps
-
-
-@dataclass(frozen=True, slots=True)
-class Slot:
-    """One subject in one period: a Redis hash."""
-
-    scope: str
-    id: str
-    period: Period
-    start: date
-    key: str
-    cap: int | None  # units
-    soft: int | None  # units
-    expire_at: int  # unix seconds
-
-    def ttl_s(self, now_s: int) -> int:
-        # Relative to the caller's clock (Redis' own clock may differ from an injected
-        # one); ``now_s``: unix seconds.
-        return max(1, self.expire_at - now_s)
-
-
-@dataclass(frozen=True, slots=True)
-class Crossing:
-    """Spend crossed ``threshold`` x ``cap`` (maps onto ``strata.alerts.events.Alert``)."""
-
-    kind: Literal["budget_threshold", "daily_spend"]
-    scope: str  # key | user | tenant | deployment
-    scope_id: str
-    period: Period
-    period_start: date
-    threshold: float
-    spent: Decimal
-    cap: Decimal
-
-
-@dataclass(slots=True)
-class Reservation:
-    id: str
-    worst_units: int
-    slots: tuple[Slot, ...]  # reserved against (and charged)
-    charge_only: tuple[Slot, ...] = ()  # charged, never capped (deployment-wide)
-    local: bool = False  # made in memory while Redis was unreachable
-    soft_exceeded: list[tuple[str, str, Period]] = field(default_factory=list)
-    settled: bool = False
-    made_at: datetime = field(default_factory=lambda: datetime.now(UTC), compare=False)
-
-    @property
-    def worst_case_usd(self) -> Decimal:
-        return from_units(self.worst_units)
-
-
-class BudgetExceeded(StrataError):
-    """A spend cap would be exceeded (429 ``insufficient_quota``, or 402 if configured)."""
-
-    status = 429
-    type = "insufficient_quota"
-    code = "budget_exceeded"
-
-    def __init__(
-        self,
-        scope: str,
-        subject: str,
-        period: Period,
-        cap: Decimal,
-        resets_at: datetime,
-        *,
-        status: int = 429,
-        now: datetime | None = None,
-    ) -> None:
-        when = resets_at.strftime("%Y-%m-%dT%H:%M:%SZ")
-        label = "daily" if period == "day" else "monthly"
-        wait = (resets_at - (now or datetime.now(UTC))).total_seconds()
-        super().__init__(
-            f"The {label} budget of ${cap} for {scope} {subject!r} is spent; "
-            f"it resets at {when} (UTC).",
-            retry_after=max(1.0, wait),
-        )
-        self.status = status
-        self.scope, self.subject, self.period = scope, subject, period
-        self.cap, self.resets_at = cap, resets_at
 
 
 class Budgets(RedisBackoff):
@@ -285,7 +195,7 @@ class Budgets(RedisBackoff):
             keys, args = self.reserve_args(res)
             try:
                 async with asyncio.timeout(self.s.redis_timeout_s):
-                    reply = await self._eval(RESERVE_SCRIPT, keys, args)
+                    reply = await evalsha(self.redis, RESERVE_SCRIPT, keys, args)
             except (RedisError, OSError, TimeoutError) as exc:
                 self.failed(exc)
                 self.abandon(res)
@@ -453,7 +363,7 @@ class Budgets(RedisBackoff):
 
     async def _settle_in_redis(self, res: Reservation, actual: int) -> list[Crossing]:
         keys, args = self.settle_args(res, actual)
-        return self.settle_reply(res, actual, await self._eval(SETTLE_SCRIPT, keys, args))
+        return self.settle_reply(res, actual, await evalsha(self.redis, SETTLE_SCRIPT, keys, args))
 
     def _crossings(self, s: Slot, before: int, after: int) -> list[Crossing]:
         if s.cap is None or after <= before:
@@ -547,14 +457,6 @@ class Budgets(RedisBackoff):
 
     def _record_key(self, rid: str) -> str:
         return f"{self.prefix}:res:{rid}"
-
-    async def _eval(self, script: str, keys: list[str], args: list[Any]) -> Any:
-        sha = SHAS[script]
-        try:
-            return await self.redis.evalsha(sha, len(keys), *keys, *args)
-        except NoScriptError:
-            await self.redis.script_load(script)
-            return await self.redis.evalsha(sha, len(keys), *keys, *args)
 
     def _went_down(self, exc: BaseException) -> None:
         log.warning(

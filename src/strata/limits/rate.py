@@ -43,13 +43,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import RedisError
 
 from strata.errors import RateLimited, ServiceUnavailable, StrataError
 from strata.limits.config import FailureMode, LimitsSettings, RuleSet
 from strata.limits.outage import RedisBackoff
 from strata.limits.overrides import Overrides, merged, user_subject
-from strata.limits.scripts import CHECK_SCRIPT, CORRECT_SCRIPT, SHAS
+from strata.limits.scripts import CHECK_SCRIPT, CORRECT_SCRIPT, evalsha
 
 log = logging.getLogger("strata.limits")
 
@@ -311,7 +311,7 @@ class RateLimiter(RedisBackoff):
             keys, args = self.check_args(limits, tokens)
             try:
                 async with asyncio.timeout(self.s.redis_timeout_s):
-                    reply = await self._eval(CHECK_SCRIPT, keys, args)
+                    reply = await evalsha(self.redis, CHECK_SCRIPT, keys, args)
             except (RedisError, OSError, TimeoutError) as exc:
                 self.failed(exc)
             else:
@@ -376,7 +376,7 @@ class RateLimiter(RedisBackoff):
             return
         try:
             async with asyncio.timeout(self.s.redis_timeout_s * 4):
-                await self._eval(CORRECT_SCRIPT, *call)
+                await evalsha(self.redis, CORRECT_SCRIPT, *call)
         except (RedisError, OSError, TimeoutError) as exc:
             self.failed(exc)
 
@@ -418,14 +418,6 @@ class RateLimiter(RedisBackoff):
     def _now_arg(self) -> float:
         # -1: the script reads Redis' clock (see the module docstring).
         return self.clock() * 1000 if self.clock is not None else -1
-
-    async def _eval(self, script: str, keys: list[str], args: list[Any]) -> Any:
-        sha = SHAS[script]
-        try:
-            return await self.redis.evalsha(sha, len(keys), *keys, *args)
-        except NoScriptError:
-            await self.redis.script_load(script)
-            return await self.redis.evalsha(sha, len(keys), *keys, *args)
 
     def _went_down(self, exc: BaseException) -> None:
         log.warning(

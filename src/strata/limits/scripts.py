@@ -8,6 +8,9 @@ splitting one string. See ``rate`` and ``budget`` for what the scripts enforce.
 from __future__ import annotations
 
 import hashlib
+from typing import Any
+
+from redis.exceptions import NoScriptError
 
 # ARGV: now (ms, or -1: Redis TIME), eps, "E tau cost" per key (one string: packing
 # the arguments and the reply costs the client far less CPU), key expiry slack.
@@ -162,3 +165,14 @@ SHAS = {
     s: hashlib.sha1(s.encode()).hexdigest()
     for s in (CHECK_SCRIPT, CORRECT_SCRIPT, RESERVE_SCRIPT, SETTLE_SCRIPT)
 }
+
+
+async def evalsha(redis: Any, script: str, keys: list[str], args: list[Any]) -> Any:
+    """Run ``script`` by its SHA; load it and retry once if Redis lost it (a restart,
+    SCRIPT FLUSH)."""
+    sha = SHAS[script]
+    try:
+        return await redis.evalsha(sha, len(keys), *keys, *args)
+    except NoScriptError:
+        await redis.script_load(script)
+        return await redis.evalsha(sha, len(keys), *keys, *args)
