@@ -256,6 +256,22 @@ async def _limits(rt: Runtime, scope: str, subject: str) -> dict[str, Any]:
     return limits_view(rt.settings.limits, scope, subject, override)
 
 
+async def _changed(
+    rt: Runtime,
+    principal: Principal,
+    action: str,
+    scope: str,
+    subject: str,
+    details: dict[str, Any],
+) -> None:
+    """After a write: the audit entry, then this instance applies it at once."""
+    await _db(
+        "write the audit log",
+        audit.record_admin(rt.engine, principal, action, f"{scope}:{subject}", details),
+    )
+    await _refresh(rt)
+
+
 async def _budget(rt: Runtime, scope: str, subject: str) -> dict[str, Any]:
     override = await _db("read budget caps", repo.get_budget_caps(rt.engine, scope, subject))
     spend = await rt.budgets.spend(scope, subject)
@@ -275,17 +291,14 @@ async def put_limits(request: Request, principal: AdminDep, scope: str, subject:
     await _authorize(rt, principal, scope, subject, LIMIT_SCOPES)
     rules = parse_fields(RuleSet, await _body(request))
     await _db("store limits", repo.set_limit_override(rt.engine, scope, subject, rules))
-    await _db(
-        "write the audit log",
-        audit.record_admin(
-            rt.engine,
-            principal,
-            "limits.set",
-            f"{scope}:{subject}",
-            rules.model_dump(mode="json", exclude_unset=True),
-        ),
+    await _changed(
+        rt,
+        principal,
+        "limits.set",
+        scope,
+        subject,
+        rules.model_dump(mode="json", exclude_unset=True),
     )
-    await _refresh(rt)
     return json_response(await _limits(rt, scope, subject))
 
 
@@ -296,13 +309,7 @@ async def delete_limits(
     rt = runtime(request)
     await _authorize(rt, principal, scope, subject, LIMIT_SCOPES)
     deleted = await _db("delete limits", repo.delete_limit_override(rt.engine, scope, subject))
-    await _db(
-        "write the audit log",
-        audit.record_admin(
-            rt.engine, principal, "limits.clear", f"{scope}:{subject}", {"deleted": deleted}
-        ),
-    )
-    await _refresh(rt)
+    await _changed(rt, principal, "limits.clear", scope, subject, {"deleted": deleted})
     return json_response({**await _limits(rt, scope, subject), "deleted": deleted})
 
 
@@ -319,17 +326,14 @@ async def put_budget(request: Request, principal: AdminDep, scope: str, subject:
     await _authorize(rt, principal, scope, subject, BUDGET_SCOPES)
     caps = parse_fields(BudgetCaps, await _body(request))
     await _db("store budget caps", repo.set_budget_caps(rt.engine, scope, subject, caps))
-    await _db(
-        "write the audit log",
-        audit.record_admin(
-            rt.engine,
-            principal,
-            "budgets.set",
-            f"{scope}:{subject}",
-            caps.model_dump(mode="json", exclude_unset=True),
-        ),
+    await _changed(
+        rt,
+        principal,
+        "budgets.set",
+        scope,
+        subject,
+        caps.model_dump(mode="json", exclude_unset=True),
     )
-    await _refresh(rt)
     return json_response(await _budget(rt, scope, subject))
 
 
@@ -340,11 +344,5 @@ async def delete_budget(
     rt = runtime(request)
     await _authorize(rt, principal, scope, subject, BUDGET_SCOPES)
     deleted = await _db("delete budget caps", repo.delete_budget_caps(rt.engine, scope, subject))
-    await _db(
-        "write the audit log",
-        audit.record_admin(
-            rt.engine, principal, "budgets.clear", f"{scope}:{subject}", {"deleted": deleted}
-        ),
-    )
-    await _refresh(rt)
+    await _changed(rt, principal, "budgets.clear", scope, subject, {"deleted": deleted})
     return json_response({**await _budget(rt, scope, subject), "deleted": deleted})
