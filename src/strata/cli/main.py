@@ -14,6 +14,7 @@ from strata.cli import (
     audit_cmd,
     cache_cmd,
     config_cmd,
+    cost_cmd,
     crypto_cmd,
     keys_cmd,
     limits_cmd,
@@ -52,6 +53,7 @@ app.add_typer(limits_cmd.budgets_app, name="budgets")
 app.add_typer(audit_cmd.app, name="audit")
 app.add_typer(crypto_cmd.app, name="crypto")
 app.add_typer(privacy_cmd.app, name="privacy")
+app.add_typer(cost_cmd.app, name="cost")
 app.command("usage")(usage_cmd.usage)
 app.command("models")(models_cmd.models)
 
