@@ -266,6 +266,10 @@ class UsageSettings(BaseModel):
     # Self-hosted throughput window for cost per token.
     throughput_window_s: float = 3600.0
     throughput_min_observed_s: float = 300.0
+    # The price table (strata.planner, prices.yaml by default) prices deployments that
+    # strata.yaml leaves unpriced, so the planner and per-call costs agree.
+    price_file: Path | None = None
+    default_prices: bool = True
 
 
 class LocalSettings(BaseModel):

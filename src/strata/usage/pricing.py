@@ -4,6 +4,8 @@ API deployments are priced per token. A self-hosted deployment is priced by its
 GPU: ``gpu_usd_per_hour`` divided by the tokens per hour it actually served over
 a sliding window, so an idle GPU makes each token dear, as it is. Until the
 window has seen enough traffic, the configured fallback throughput is used.
+A deployment strata.yaml leaves unpriced takes its price from the planner's
+price table (strata/planner/prices.yaml), the one the cost planner uses.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import time
 from collections import deque
 from decimal import Decimal
 
+from strata.planner.catalog import gateway_default, load_table
 from strata.settings import Price, Settings
 
 MILLION = Decimal(1_000_000)
@@ -59,6 +62,21 @@ class ThroughputWindow:
         return total / observed * 3600.0 if total > 0 else None
 
 
+def _table_price(settings: Settings, provider: str, model: str) -> Price | None:
+    """The shared price table's price, for a deployment strata.yaml leaves unpriced."""
+    if not settings.usage.default_prices:
+        return None
+    found = gateway_default(
+        load_table(settings.usage.price_file),
+        provider,
+        settings.providers[provider].options().get("base_url"),
+        model,
+    )
+    if found is None:
+        return None
+    return Price(input_per_1m=found.input_per_1m, output_per_1m=found.output_per_1m)
+
+
 class Pricer:
     def __init__(self, settings: Settings) -> None:
         self._prices: dict[tuple[str, str], Price] = {}
@@ -66,7 +84,12 @@ class Pricer:
         for alias in settings.models.values():
             for dep in alias.deployments:
                 provider = settings.providers[dep.provider]
-                price = dep.price or provider.price or Price()
+                price = (
+                    dep.price
+                    or provider.price
+                    or _table_price(settings, dep.provider, dep.model)
+                    or Price()
+                )
                 self._prices[(dep.provider, dep.model)] = price
                 if price.gpu_usd_per_hour is not None:
                     # One window per provider: the GPU is shared by its models.
