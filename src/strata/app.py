@@ -16,8 +16,10 @@ from strata.api.admin_privacy import router as admin_privacy_router
 from strata.api.errors import install as install_error_handlers
 from strata.api.fast import Endpoint, StrataApp
 from strata.api.middleware import RequestContextMiddleware
+from strata.api.rag import router as rag_router
 from strata.observability import tracing
 from strata.observability.sentry import init_sentry
+from strata.rag import wiring as rag_wiring
 from strata.runtime import Runtime
 from strata.settings import Settings
 
@@ -31,6 +33,7 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.runtime = await Runtime.start(settings)
+        rag_wiring.attach(app.state.runtime)
         # Start-up objects (imports, config, clients) live for the whole process:
         # freezing them keeps every later collection from re-scanning them, and a
         # larger young generation makes collections rarer under load. Measured:
@@ -57,6 +60,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.include_router(module.router)
     app.include_router(admin_keys_router)
     app.include_router(admin_privacy_router)
+    app.include_router(rag_router)
     metrics_api.install(app, settings)
     app.add_middleware(
         RequestContextMiddleware,

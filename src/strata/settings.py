@@ -32,6 +32,7 @@ from strata.errors import ConfigError
 from strata.limits.config import BudgetsSettings, LimitsSettings
 from strata.observability.config import ObservabilitySettings
 from strata.privacy.retention import RetentionSettings
+from strata.rag.config import RagSettings
 from strata.security.crypto import CryptoSettings
 from strata.security.hardening import HardeningSettings
 from strata.security.secrets import SecretsSettings
@@ -309,6 +310,7 @@ class Settings(BaseSettings):
     crypto: CryptoSettings = CryptoSettings()
     retention: RetentionSettings = RetentionSettings()
     hardening: HardeningSettings = HardeningSettings()
+    rag: RagSettings = RagSettings()
     providers: dict[str, ProviderConfig] = Field(default_factory=_default_providers)
     models: dict[str, Alias] = Field(default_factory=_default_models)
 

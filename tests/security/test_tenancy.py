@@ -36,6 +36,7 @@ class Tenant:
     member: NewKey
     marker: str = ""
     ids: list[str] = field(default_factory=list)
+    rag: dict[str, str] = field(default_factory=dict)  # its collection and document ids
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +64,18 @@ def tenants(server: ServerThread, new_key: Callable[..., NewKey]) -> tuple[Tenan
     ):
         r = call(server, a.admin, "PUT", path, body)
         assert r.status_code == 200, r.text
+    # A's documents: a collection with one document that holds the marker.
+    col = call(server, a.member, "POST", "/v1/rag/collections", {"name": "kb-" + suffix})
+    assert col.status_code == 200, col.text
+    doc = call(
+        server,
+        a.member,
+        "POST",
+        f"/v1/rag/collections/{col.json()['id']}/documents",
+        {"text": f"Reset a password from the account page. {a.marker}", "source": a.marker},
+    )
+    assert doc.status_code == 200, doc.text
+    a.rag = {"col": col.json()["id"], "name": "kb-" + suffix, "doc": doc.json()["data"][0]["id"]}
     a.ids = [
         a.member.user_id,
         a.admin.user_id,
@@ -126,11 +139,44 @@ ROWS: list[tuple[str, str, str, Any, set[int]]] = [
     ("rotate a foreign key", "POST", "/v1/admin/keys/{a_key}/rotate", {"grace_s": 0}, {403, 404}),
     ("revoke a foreign key", "DELETE", "/v1/admin/keys/{a_key}", None, {403, 404}),
     ("audit log", "GET", "/v1/admin/audit", None, {200}),
+    ("rag collections", "GET", "/v1/rag/collections", None, {200}),
+    ("rag collection", "GET", "/v1/rag/collections/{a_col}", None, {404}),
+    ("rag collection by name", "GET", "/v1/rag/collections/{a_col_name}", None, {404}),
+    ("delete rag collection", "DELETE", "/v1/rag/collections/{a_col}", None, {404}),
+    ("rag documents", "GET", "/v1/rag/collections/{a_col}/documents", None, {404}),
+    ("rag document", "GET", "/v1/rag/collections/{a_col}/documents/{a_doc}?include_text=true",
+     None, {404}),
+    ("add rag document", "POST", "/v1/rag/collections/{a_col}/documents", {"text": "x"}, {404}),
+    ("delete rag document", "DELETE", "/v1/rag/collections/{a_col}/documents/{a_doc}", None,
+     {404}),
+    ("rag search", "POST", "/v1/rag/collections/{a_col}/search", {"query": "reset password"},
+     {404}),
+    ("rag answer", "POST", "/v1/rag/collections/{a_col}/answer",
+     {"model": "fake", "query": "reset password"}, {404}),
+    ("chat grounded on a foreign collection", "POST", "/v1/chat/completions",
+     {"model": "fake", "messages": [{"role": "user", "content": "reset password"}],
+      "rag": {"collection": "{a_col}"}}, {404}),
 ]  # fmt: skip
 
 
 def fill(template: str, a: Tenant) -> str:
-    return template.format(a=a.id, a_user=a.member.user_id, a_key=a.member.id)
+    return template.format(
+        a=a.id,
+        a_user=a.member.user_id,
+        a_key=a.member.id,
+        a_col=a.rag.get("col", ""),
+        a_col_name=a.rag.get("name", ""),
+        a_doc=a.rag.get("doc", ""),
+    )
+
+
+def fill_body(body: Any, a: Tenant) -> Any:
+    """Templates inside a JSON body too (the chat row names A's collection there)."""
+    if isinstance(body, dict):
+        return {k: fill_body(v, a) for k, v in body.items()}
+    if isinstance(body, list):
+        return [fill_body(v, a) for v in body]
+    return fill(body, a) if isinstance(body, str) and "{a" in body else body
 
 
 def assert_no_leak(resp: httpx.Response, a: Tenant, sent: str) -> None:
@@ -158,9 +204,10 @@ def test_foreign_admin_key_gets_nothing(
 ) -> None:
     a, b = tenants
     url = fill(path, a)
+    body = fill_body(body, a)
     r = call(server, b.admin, method, url, body)
     assert r.status_code in allowed, f"{name}: {r.status_code} {r.text[:300]}"
-    assert_no_leak(r, a, url)
+    assert_no_leak(r, a, url + str(body))
     if r.status_code == 200 and "data" in r.json():
         assert r.json()["data"] == [] or all(a.id not in str(row) for row in r.json()["data"]), (
             r.text
@@ -181,6 +228,8 @@ def test_a_is_untouched_by_b(server: ServerThread, tenants: tuple[Tenant, Tenant
     listed = call(server, a.admin, "GET", "/v1/admin/keys").json()["data"]
     assert {k["id"] for k in listed} >= {a.member.id, a.admin.id}
     assert all(k["revoked_at"] is None for k in listed)
+    docs = call(server, a.member, "GET", f"/v1/rag/collections/{a.rag['col']}/documents")
+    assert [d["id"] for d in docs.json()["data"]] == [a.rag["doc"]]  # not deleted, no intruder
 
 
 def test_b_sees_its_own_data_only(server: ServerThread, tenants: tuple[Tenant, Tenant]) -> None:

@@ -20,6 +20,7 @@ from strata.cli import (
     limits_cmd,
     models_cmd,
     privacy_cmd,
+    rag_cmd,
     route_cmd,
     usage_cmd,
 )
@@ -54,6 +55,8 @@ app.add_typer(audit_cmd.app, name="audit")
 app.add_typer(crypto_cmd.app, name="crypto")
 app.add_typer(privacy_cmd.app, name="privacy")
 app.add_typer(cost_cmd.app, name="cost")
+app.add_typer(rag_cmd.app, name="rag")
+app.command("ingest")(rag_cmd.ingest)
 app.command("usage")(usage_cmd.usage)
 app.command("models")(models_cmd.models)
 

@@ -19,7 +19,7 @@ import orjson
 
 from strata.cache.exact import BYPASS, ExactCache, Hit, Plan, check_control, replay_chunks
 from strata.cache.semantic import SemanticCache, SemanticPlan
-from strata.errors import ProviderTimeout, StrataError
+from strata.errors import InvalidRequest, ProviderTimeout, StrataError
 from strata.gateway.meter import Meter
 from strata.gateway.quota import Quota, max_tokens_of
 from strata.observability import tracing
@@ -83,13 +83,17 @@ class ChatService:
         self.cache = cache
         self.semantic = semantic
         self.quota = quota
+        # strata.rag.service.RagService, set by create_app: requests with a "rag"
+        # field are grounded on a document collection first.
+        self.rag: Any = None
 
     async def complete(
         self, body: dict[str, Any], meter: Meter, controls: Controls = Controls()
     ) -> dict[str, Any]:
+        body, grounding = await self._ground(body, meter)
         alias, plans, hit = await self._lookup(body, meter, controls)
         if hit is not None:
-            return hit.body
+            return _extended(hit.body, grounding)
 
         async def call(target: Target) -> ChatResult:
             return await target.provider.chat(body, target.model)
@@ -98,15 +102,17 @@ class ChatService:
         meter.first_token()
         meter.tokens(result.prompt_tokens, result.completion_tokens)
         self._store(plans, alias, result.body, meter)
-        return result.body
+        return _extended(result.body, grounding)
 
     async def open_stream(
         self, body: dict[str, Any], meter: Meter, controls: Controls = Controls()
     ) -> ChatStream:
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        body, grounding = await self._ground(body, meter)
         alias, plans, hit = await self._lookup(body, meter, controls)
         if hit is not None:
             stream = ChatStream(_replay(hit.body), meter, include_usage)
+            stream.trailer = grounding
             await stream.prime()
             return stream
 
@@ -123,10 +129,34 @@ class ChatService:
                 target.timeout_s,
                 on_complete=store if plans.stores else None,
             )
+            stream.trailer = grounding
             await stream.prime(target.ttft_timeout_s)
             return stream
 
         return await self._dispatch(alias, body, meter, call, stream=True)
+
+    async def _ground(
+        self, body: dict[str, Any], meter: Meter
+    ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """A request with ``rag``: retrieve, add numbered sources (strata.rag.answer);
+        the citations go back in a ``strata`` field (a stream's last chunk)."""
+        if "rag" not in body:
+            return body, None
+        if self.rag is None:
+            raise InvalidRequest("document retrieval (rag) is not available here", param="rag")
+        from strata.rag.answer import ground
+
+        return await ground(self.rag, body, meter.principal, self._context_tokens(body))
+
+    def _context_tokens(self, body: dict[str, Any]) -> int | None:
+        """The smallest context window among the alias's deployments (None: unknown)."""
+        try:
+            targets = self.dispatcher.router.candidates(body.get("model", ""), "chat")
+        except StrataError:
+            return None
+        sizes = [t.max_context or t.provider.max_context for t in targets]
+        known = [s for s in sizes if s]
+        return min(known) if known else None
 
     async def _lookup(
         self, body: dict[str, Any], meter: Meter, controls: Controls
@@ -134,6 +164,7 @@ class ChatService:
         """Route (for auto aliases), then ask the caches (exact, then semantic); a hit
         is metered here."""
         check_control(controls.cache)
+        meter.event.end_user = body.get("user")
         with tracing.span("routing") as span:
             alias = await self._route(body, meter, controls)
             if span is not None:
@@ -238,9 +269,35 @@ class ChatService:
         )
 
 
+def _extended(completion: dict[str, Any], grounding: dict[str, Any] | None) -> dict[str, Any]:
+    if grounding is None:
+        return completion
+    out = dict(completion)
+    out["strata"] = grounding
+    if isinstance(out.get("usage"), dict):
+        rag = grounding["rag"]
+        out["usage"] = {
+            **out["usage"],
+            "rag_embed_ms": rag["embed_ms"],
+            "rag_retrieval_ms": rag["retrieval_ms"],
+        }
+    return out
+
+
 async def _replay(completion: dict[str, Any]) -> AsyncIterator[list[dict[str, Any]]]:
     # The stored usage closes the replay; ChatStream hides it unless it was asked for.
     yield replay_chunks(completion, include_usage=True)
+
+
+def _trailer(head: dict[str, Any], ext: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": head.get("id", ""),
+        "object": "chat.completion.chunk",
+        "created": head.get("created", 0),
+        "model": head.get("model", ""),
+        "choices": [],
+        "strata": ext,
+    }
 
 
 class ChatStream:
@@ -273,6 +330,8 @@ class ChatStream:
         self.span: Any = None
         self._span_model: str | None = None
         self._span_finish: list[str] = []
+        # Sent as one last chunk before [DONE] (grounded answers: the citations).
+        self.trailer: dict[str, Any] | None = None
 
     def adopt_span(self, span: Any) -> None:
         self.span = span
@@ -289,6 +348,7 @@ class ChatStream:
 
     async def events(self) -> AsyncGenerator[bytes, None]:
         try:
+            head = self._first[0] if self._first else {}
             if self._first is not None:
                 first, self._first = self._first, None
                 out = self._encode(first)
@@ -299,6 +359,8 @@ class ChatStream:
                         out = self._encode(batch)
                         if out:
                             yield out
+            if self.trailer is not None:
+                yield sse(_trailer(head, self.trailer))
             yield DONE
             self.meter.ok()
             self._completed()

@@ -8,6 +8,8 @@ Where a subject's data lives (docs/data-retention.md lists every class):
   ``alert_deliveries`` (scope ids of budget alerts).
 - Redis: exact cache entries (listed under ``strata:cache:owner:{tenant}:{user}``),
   budget spend hashes and reservation records, rate-limit counters.
+- PostgreSQL, RAG: ``rag_documents`` the user uploaded (source, text and metadata
+  encrypted) and their ``rag_chunks`` (text encrypted, embeddings, hashed lexemes).
 - Files: the usage spill file (``<data_dir>/usage-spill.jsonl``) while PostgreSQL
   is unreachable.
 
@@ -38,6 +40,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from strata.cache.keys import owner_key
 from strata.limits.overrides import user_subject
+from strata.rag.service import erase_documents as rag_erase
+from strata.rag.service import export_documents as rag_export
 from strata.security import audit
 from strata.security.auth import REVOKED_CHANNEL
 from strata.security.crypto import Crypto, DecryptError
@@ -244,6 +248,7 @@ async def export(
     semantic: list[dict[str, Any]] = []
     if await semantic_repo.available(engine):
         semantic = await semantic_repo.rows_for_user(engine, tenant, user, crypto or _NoKeys())
+    rag_documents = await rag_export(engine, crypto or _NoKeys(), tenant, user)
     exact = []
     for k in sorted(await redis.smembers(owner_key(tenant, user))):
         value = await redis.get(k)
@@ -272,6 +277,7 @@ async def export(
         "usage_records": usage_json,
         "usage_records_spilled": _spill_rows(data_dir, tenant, user),
         "semantic_cache": semantic,
+        "rag_documents": rag_documents,
         "exact_cache": exact,
         "overrides": overrides,
         "budget_spend": spend,
@@ -287,6 +293,7 @@ async def export(
         details={
             "usage_records": len(usage_json),
             "semantic_cache": len(semantic),
+            "rag_documents": len(rag_documents),
             "exact_cache": len(exact),
         },
     )
@@ -352,6 +359,8 @@ async def erase(
         if await semantic_repo.available(engine)
         else 0
     )
+    # Documents the user uploaded, with their chunks and vectors.
+    counts["rag_documents"], counts["rag_chunks"] = await rag_erase(engine, tenant, user)
     owner = owner_key(tenant, user)
     counts["exact_cache"] = await _delete_redis(redis, list(await redis.smembers(owner)))
     await redis.delete(owner)
