@@ -9,7 +9,17 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.routing import Route
 
-from strata.api import admin_audit, admin_limits, chat, embeddings, health, models, usage
+from strata import reload as config_reload
+from strata.api import (
+    admin_audit,
+    admin_config,
+    admin_limits,
+    chat,
+    embeddings,
+    health,
+    models,
+    usage,
+)
 from strata.api import metrics as metrics_api
 from strata.api.admin_keys import router as admin_keys_router
 from strata.api.admin_privacy import router as admin_privacy_router
@@ -34,6 +44,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.runtime = await Runtime.start(settings)
         rag_wiring.attach(app.state.runtime)
+        sighup = config_reload.install_sighup(app.state.runtime)
         # Start-up objects (imports, config, clients) live for the whole process:
         # freezing them keeps every later collection from re-scanning them, and a
         # larger young generation makes collections rarer under load. Measured:
@@ -44,6 +55,8 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             yield
         finally:
+            if sighup:
+                config_reload.remove_sighup()
             await app.state.runtime.stop()
 
     app = StrataApp(
@@ -56,7 +69,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     install_error_handlers(app)
-    for module in (models, usage, health, admin_limits, admin_audit):
+    for module in (models, usage, health, admin_limits, admin_audit, admin_config):
         app.include_router(module.router)
     app.include_router(admin_keys_router)
     app.include_router(admin_privacy_router)

@@ -35,14 +35,16 @@ from strata.routing.dispatch import Dispatcher
 from strata.routing.router import Router
 from strata.security import crypto as crypto_mod
 from strata.security.auth import Authenticator
+from strata.security.credentials import resolve_secret
 from strata.security.keys import Principal
 from strata.security.secrets import refresh_forever
-from strata.settings import Settings
+from strata.settings import Settings, read_yaml
 from strata.storage.engine import make_engine
 from strata.storage.repositories import keys as key_repo
 from strata.storage.repositories import usage as usage_repo
 from strata.usage.pricing import Pricer
 from strata.usage.recorder import UsageRecorder
+from strata.usage.sealing import EndUserSealer
 
 log = logging.getLogger("strata")
 
@@ -68,6 +70,10 @@ class Runtime:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     tracing: Tracing | None = None  # None: tracing off
     metrics: Metrics | None = None
+    # The process's key ring (field encryption); set by start().
+    crypto: crypto_mod.Crypto | None = None
+    # The config file's content as last loaded (strata.reload compares against it).
+    config_file: dict[str, Any] | None = None
 
     @classmethod
     async def start(cls, settings: Settings) -> Runtime:
@@ -105,6 +111,7 @@ class Runtime:
             await crypto_mod.sync_keys(engine, crypto)
         except Exception as exc:
             log.warning("data keys not loaded yet (%s); caching paused", type(exc).__name__)
+        recorder.seal = EndUserSealer(crypto)
         semantic = _semantic_cache(settings, providers, engine, crypto)
         alerts = AlertDispatcher(redis, engine, settings.alerts)
         overrides = Overrides.from_engine(engine, refresh_s=settings.limits.overrides_refresh_s)
@@ -143,6 +150,8 @@ class Runtime:
             budgets=budgets,
             alerts=alerts,
             tracing=tracing,
+            crypto=crypto,
+            config_file=read_yaml(settings.config) if settings.config else None,
         )
         rt.metrics = await _metrics(rt)
         for p in providers.values():
@@ -160,7 +169,9 @@ class Runtime:
             )
         )
         rt.tasks.append(asyncio.create_task(semantic.expire_forever()))
-        rt.tasks.append(asyncio.create_task(purge_forever(engine, settings.retention)))
+        rt.tasks.append(
+            asyncio.create_task(purge_forever(engine, settings.retention), name=PURGE_TASK)
+        )
         rt.tasks.append(asyncio.create_task(auth.listen_for_revocations(redis)))
         rt.tasks.append(asyncio.create_task(dispatcher.publish_latency(redis)))
         if settings.secrets.refresh_s > 0:  # rotated secrets apply without a restart
@@ -202,6 +213,8 @@ class Runtime:
 
 
 _BACKGROUND: set[asyncio.Task[None]] = set()
+# The retention purge task's name: a config reload replaces it.
+PURGE_TASK = "retention-purge"
 
 
 async def _metrics(rt: Runtime) -> Metrics | None:
@@ -213,7 +226,9 @@ async def _metrics(rt: Runtime) -> Metrics | None:
     metrics = Metrics(s, rt.settings.models)
     metrics.watch(rt)
     if s.port is not None:
-        await metrics.serve(s.port)
+        ref = rt.settings.hardening.metrics_token
+        token = resolve_secret(ref, "hardening.metrics_token").reveal() if ref else None
+        await metrics.serve(s.port, token)
     return metrics
 
 

@@ -173,6 +173,31 @@ def test_metrics_token(hardened: ServerThread, server: ServerThread) -> None:
     assert httpx.get(server.base_url + "/metrics").status_code == 200  # no token: open
 
 
+def test_metrics_token_guards_the_separate_metrics_port(
+    server: ServerThread,
+    start_server: Callable[..., ServerThread],
+    tmp_path: Path,
+) -> None:
+    from tests.upstreams import free_port
+
+    token = tmp_path / "token"
+    token.write_text("port-secret-456\n")
+    port = free_port()
+    start_server(
+        data_dir=server.settings.data_dir,
+        observability={"metrics": {"port": port}},
+        hardening={"metrics_token": f"file:{token}"},
+    )
+    url = f"http://127.0.0.1:{port}/metrics"
+    denied = httpx.get(url, timeout=30)
+    assert denied.status_code == 401
+    assert denied.json()["error"]["type"] == "authentication_error"
+    assert "port-secret" not in denied.text
+    assert httpx.get(url, headers={"authorization": "Bearer nope"}, timeout=30).status_code == 401
+    ok = httpx.get(url, headers={"authorization": "Bearer port-secret-456"}, timeout=30)
+    assert ok.status_code == 200 and "strata_" in ok.text
+
+
 def test_token_matches() -> None:
     assert token_matches("Bearer abc", "abc") and token_matches("bearer  abc ", "abc")
     assert not token_matches("Bearer abd", "abc") and not token_matches(None, "abc")

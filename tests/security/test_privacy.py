@@ -196,8 +196,11 @@ async def test_export_then_erase_leaves_no_trace(
         assert data["exact_cache"], "the exact cache entry is exported"
         assert {(o["kind"], o["scope"]) for o in data["overrides"]} == {("budgets", "user")}
         assert any(f"user:{tenant}/{user}" in k for k in data["budget_spend"])
-        # The OpenAI `user` field is output-neutral and never stored.
-        assert end_user not in r.text
+        # The OpenAI `user` field names the end user on each usage record (exported
+        # in clear), but is stored encrypted: no table holds it in plaintext.
+        assert {u["end_user"] for u in data["usage_records"]} == {end_user}
+        assert not any("end_user_enc" in u or "end_user_hmac" in u for u in data["usage_records"])
+        assert await db_hits(engine, end_user) == []
         assert await db_hits(engine, user)
         assert await redis_hits(redis, user)
 

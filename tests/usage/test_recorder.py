@@ -489,3 +489,65 @@ async def test_a_busy_key_is_touched_once_a_minute_not_every_flush(
             rec.record(e)
         await rec.flush()
     assert len(touched) == 1 and len(touched[0]) == 1  # one key, written once
+
+
+async def test_end_user_is_sealed_in_rows_and_in_the_spill_file(
+    engine: AsyncEngine, dead_engine: AsyncEngine, tenant: str, spill_path: Path
+) -> None:
+    import os
+
+    from strata.security.crypto import Crypto
+    from strata.usage.sealing import EndUserSealer, end_user_aad, end_user_index
+
+    ring = Crypto(os.urandom(32))
+    ring.add_key(7, os.urandom(32))
+    prefix = "req-" + uuid.uuid4().hex
+    person = "zoe." + uuid.uuid4().hex[:8] + "@example.net"
+    batch = events(tenant, prefix, 3)
+    batch[0].end_user = batch[1].end_user = person
+    rec = UsageRecorder(writer_for(dead_engine), spill_path=spill_path, flush_interval_s=3600)
+    rec.seal = EndUserSealer(ring)
+    await rec.start()
+    for e in batch:
+        rec.record(e)
+    await stop_ignoring_error(rec)
+    assert person.encode() not in read(spill_path)
+
+    # Replayed by a process without the key ring: the sealed columns travel as they are.
+    rec2 = UsageRecorder(writer_for(engine), spill_path=spill_path)
+    await rec2.flush()
+    rows = await stored(engine, prefix)
+    index = end_user_index(ring, tenant, person)
+    for e in batch:
+        row = rows[e.request_id]
+        if e.end_user is None:
+            assert (row.end_user_enc, row.end_user_hmac, row.end_user_dek) == (None, None, None)
+            continue
+        assert row.end_user_hmac == index and row.end_user_dek == 7
+        assert ring.decrypt_text(row.end_user_enc, end_user_aad(tenant, row.id)) == person
+    # Bound to its row: the ciphertext does not open as another row's.
+    other = rows[batch[2].request_id]
+    with pytest.raises(Exception, match="authentication"):
+        ring.decrypt_text(rows[batch[0].request_id].end_user_enc, end_user_aad(tenant, other.id))
+
+
+async def test_without_a_key_ring_the_end_user_is_dropped_not_stored(
+    engine: AsyncEngine, tenant: str, spill_path: Path
+) -> None:
+    import os
+
+    from strata.security.crypto import Crypto
+    from strata.usage.sealing import EndUserSealer
+
+    prefix = "req-" + uuid.uuid4().hex
+    batch = events(tenant, prefix, 2)
+    batch[0].end_user = "nobody@example.com"
+    rec = UsageRecorder(writer_for(engine), spill_path=spill_path)
+    sealer = EndUserSealer(Crypto(os.urandom(32)))  # no data key loaded
+    rec.seal = sealer
+    for e in batch:
+        rec.record(e)
+    await rec.flush()
+    rows = await stored(engine, prefix)
+    assert len(rows) == 2 and sealer.dropped == 1
+    assert all(r.end_user_enc is None and r.end_user_hmac is None for r in rows.values())

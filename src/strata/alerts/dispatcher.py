@@ -85,6 +85,12 @@ class AlertDispatcher:
         self._watch: asyncio.Task[None] | None = None
         self._closed = False
 
+    def reconfigure(self, settings: AlertsSettings) -> None:
+        """New channels and thresholds (a config reload). Secrets resolve first: a
+        missing one raises ConfigError and leaves the old settings in place."""
+        senders = build_senders(settings.channels, self._http)
+        self.settings, self.senders = settings, senders
+
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
             self._session = aiohttp.ClientSession()

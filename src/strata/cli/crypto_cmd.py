@@ -40,12 +40,18 @@ def rotate(
             tenant=None,
             action="crypto.rotate",
             target=f"data_key:{report['key_id']}",
-            details={"reencrypted": report["reencrypted"], "retired": report["retired"]},
+            details={
+                "reencrypted": report["reencrypted"],
+                "stores": report["stores"],
+                "retired": report["retired"],
+            },
         )
     retired = ", ".join(map(str, report["retired"])) or "none"
+    stores = ", ".join(f"{k} {v}" for k, v in report["stores"].items()) or "none"
     console.print(
         f"active data key [bold]{report['key_id']}[/bold]; re-encrypted "
-        f"{report['reencrypted']} rows; retired keys: {retired}. Running servers switch "
+        f"{report['reencrypted']} rows ({stores}); retired keys: {retired} (the key just "
+        "replaced is retired by the next rotation). Running servers switch "
         f"within {settings.crypto.refresh_s:g}s; Redis cache entries expire with their TTL."
     )
 

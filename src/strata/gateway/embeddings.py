@@ -21,6 +21,7 @@ class EmbeddingService:
     async def embed(self, body: dict[str, Any], meter: Meter) -> dict[str, Any]:
         alias = body["model"]
         meter.event.alias = alias  # named on the record (and metrics) even if refused
+        meter.event.end_user = body.get("user")
         raw = body["input"]
         inputs = [raw] if isinstance(raw, str) else raw
         if not all(isinstance(x, str) for x in inputs):

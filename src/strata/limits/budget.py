@@ -121,6 +121,20 @@ class Budgets(RedisBackoff):
         self._merged_version = -1
         self._slot_cache: dict[tuple[str, str, date], tuple[BudgetCaps, tuple[Slot, Slot]]] = {}
 
+    def reconfigure(
+        self,
+        settings: BudgetsSettings,
+        alert_thresholds: Sequence[float],
+        daily_alert_usd: Decimal | None,
+    ) -> None:
+        """New default caps and alert settings (a config reload); caches rebuilt."""
+        self.s = settings
+        self.alert_thresholds = sorted(set(alert_thresholds))
+        self.daily_alert_usd = daily_alert_usd
+        self._merged.clear()
+        self._merged_version = -1
+        self._slot_cache.clear()
+
     def subjects(self, *, tenant: str, user: str | None, key: str | None) -> list[Subject]:
         """The budget subjects of a request: defaults merged with overrides."""
         if self._merged_version != self.overrides.version or len(self._merged) > MAX_CACHED:

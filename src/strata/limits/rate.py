@@ -253,6 +253,12 @@ class RateLimiter(RedisBackoff):
         self._compiled_version = -1
         self._pending: set[asyncio.Task[None]] = set()
 
+    def reconfigure(self, settings: LimitsSettings) -> None:
+        """New default limits (a config reload); compiled limits rebuilt."""
+        self.s = settings
+        self._compiled.clear()
+        self._compiled_version = -1
+
     def limits_for(
         self, *, tenant: str, user: str | None, key: str | None, alias: str | None
     ) -> list[Limit]:

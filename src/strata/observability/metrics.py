@@ -23,9 +23,10 @@ and time per output token are measured on streams only (a plain response's first
 token arrives with its last); output tokens per second is completion tokens over
 the request's duration, streamed and plain.
 
-Scraping: ``GET /metrics`` on the API port, unauthenticated: keep that port
-behind the network, or set ``observability.metrics.port`` to serve metrics on
-their own port on 127.0.0.1 (and none on the API port). With
+Scraping: ``GET /metrics`` on the API port, unauthenticated unless
+``hardening.metrics_token`` is set: keep that port behind the network, or set
+``observability.metrics.port`` to serve metrics on their own port on 127.0.0.1
+(and none on the API port); the token, when set, guards that port too. With
 ``observability.metrics.enabled: false`` there is no route and no per-request
 hook at all.
 
@@ -48,7 +49,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4 as CONTENT_TYPE
 
-from strata.errors import QueueFull, RateLimited, ServiceUnavailable
+from strata.errors import AuthenticationError, QueueFull, RateLimited, ServiceUnavailable
 from strata.limits.budget import BudgetExceeded
 from strata.observability.config import MetricsSettings
 from strata.usage.recorder import UsageEvent
@@ -301,11 +302,20 @@ class Metrics:
         update under their own locks, and the runtime collector only reads."""
         return await asyncio.to_thread(self.render)
 
-    async def serve(self, port: int) -> None:
-        """Serve GET /metrics on 127.0.0.1:port, on this event loop."""
+    async def serve(self, port: int, token: str | None = None) -> None:
+        """Serve GET /metrics on 127.0.0.1:port, on this event loop; with ``token``
+        (``hardening.metrics_token``) a scrape needs ``Authorization: Bearer``
+        with it, as on the API port."""
         from aiohttp import web
 
-        async def handle(_: web.Request) -> web.Response:
+        from strata.security.hardening import token_matches
+
+        async def handle(request: web.Request) -> web.Response:
+            if token is not None and not token_matches(request.headers.get("authorization"), token):
+                err = AuthenticationError("/metrics needs 'Authorization: Bearer <metrics token>'.")
+                return web.json_response(
+                    err.to_dict(), status=err.status, headers={"www-authenticate": "Bearer"}
+                )
             body = await self.render_async()
             return web.Response(body=body, headers={"content-type": CONTENT_TYPE})
 

@@ -24,9 +24,10 @@ idempotent: a second run finds nothing and still returns (and records) a receipt
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import hashlib
 import json
-import os
 import secrets
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -40,6 +41,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from strata.cache.keys import owner_key
 from strata.limits.overrides import user_subject
+from strata.privacy import spill
 from strata.rag.service import erase_documents as rag_erase
 from strata.rag.service import export_documents as rag_export
 from strata.security import audit
@@ -49,6 +51,7 @@ from strata.storage.models import ApiKey, UsageRecord, User
 from strata.storage.repositories import semantic_cache as semantic_repo
 from strata.storage.repositories.alerts import alert_deliveries
 from strata.storage.repositories.limits import budget_caps, limit_overrides
+from strata.usage.sealing import end_user_aad
 
 SPILL_FILE = "usage-spill.jsonl"
 # Redis keys that name a subject: budget spend, rate-limit counters, alert dedupe
@@ -168,7 +171,9 @@ async def _budget_spend(redis: aioredis.Redis, keys: list[Any]) -> dict[str, Any
     return out
 
 
-def _spill_rows(data_dir: Path | None, tenant: str, user: str) -> list[dict[str, Any]]:
+def _spill_rows(
+    data_dir: Path | None, tenant: str, user: str, crypto: Crypto | None
+) -> list[dict[str, Any]]:
     path = data_dir / SPILL_FILE if data_dir is not None else None
     if path is None or not path.exists():
         return []
@@ -179,8 +184,24 @@ def _spill_rows(data_dir: Path | None, tenant: str, user: str) -> list[dict[str,
         except ValueError:
             continue
         if isinstance(row, dict) and row.get("tenant_id") == tenant and row.get("user_id") == user:
+            enc = row.get("end_user_enc")
+            row["end_user_enc"] = base64.b64decode(enc) if enc else None
+            _open_end_user(row, crypto)
             out.append(row)
     return out
+
+
+def _open_end_user(row: dict[str, Any], crypto: Crypto | None) -> None:
+    """An exported usage row names its end user in clear (ciphertext and index dropped)."""
+    enc = row.pop("end_user_enc", None)
+    row.pop("end_user_hmac", None)
+    row.pop("end_user_dek", None)
+    row["end_user"] = None
+    if enc is not None and crypto is not None:
+        with contextlib.suppress(DecryptError):
+            row["end_user"] = crypto.decrypt_text(
+                bytes(enc), end_user_aad(row["tenant_id"], row["id"])
+            )
 
 
 async def export(
@@ -265,6 +286,7 @@ async def export(
     spend = await _budget_spend(redis, await _redis_keys(redis, tenant, user, key_ids))
     usage_json = [{name: _iso(value) for name, value in r._mapping.items()} for r in usage]
     for row in usage_json:
+        _open_end_user(row, crypto)
         row["id"] = str(row["id"])
         for money in ("cost_usd", "failed_cost_usd", "saved_usd"):
             row[money] = str(row[money])
@@ -275,7 +297,7 @@ async def export(
         "user": {"created_at": _iso(user_row[0])} if user_row else None,
         "api_keys": [{k: _iso(v) for k, v in r._mapping.items()} for r in keys],
         "usage_records": usage_json,
-        "usage_records_spilled": _spill_rows(data_dir, tenant, user),
+        "usage_records_spilled": _spill_rows(data_dir, tenant, user, crypto),
         "semantic_cache": semantic,
         "rag_documents": rag_documents,
         "exact_cache": exact,
@@ -309,29 +331,18 @@ async def _delete_redis(redis: aioredis.Redis, keys: list[Any]) -> int:
 
 def _erase_spill(data_dir: Path | None, tenant: str, user: str, pseudo: dict[str, str]) -> int:
     """Pseudonymise the subject's rows in the spill file (rewritten atomically)."""
-    path = data_dir / SPILL_FILE if data_dir is not None else None
-    if path is None or not path.exists():
-        return 0
-    changed, out = 0, []
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            out.append(line)
-            continue
-        if isinstance(row, dict) and row.get("tenant_id") == tenant and row.get("user_id") == user:
-            row["user_id"] = pseudo[""]
-            row["key_id"] = pseudo.get(str(row.get("key_id")), pseudo[""])
-            row["request_id"] = ERASED_REQUEST_ID
-            row["trace_id"] = None
-            line = json.dumps(row)
-            changed += 1
-        out.append(line)
-    if changed:
-        tmp = path.with_suffix(".erase.tmp")
-        tmp.write_text("".join(line + "\n" for line in out))
-        os.replace(tmp, path)
-    return changed
+
+    def change(row: dict[str, Any]) -> bool:
+        if row.get("tenant_id") != tenant or row.get("user_id") != user:
+            return False
+        row["user_id"] = pseudo[""]
+        row["key_id"] = pseudo.get(str(row.get("key_id")), pseudo[""])
+        row["request_id"] = ERASED_REQUEST_ID
+        row["trace_id"] = None
+        row.update(end_user_enc=None, end_user_hmac=None, end_user_dek=None)
+        return True
+
+    return spill.rewrite(data_dir, change)
 
 
 async def erase(
@@ -392,6 +403,9 @@ async def erase(
                     key_id=pseudo[kid],
                     request_id=ERASED_REQUEST_ID,
                     trace_id=None,
+                    end_user_enc=None,
+                    end_user_hmac=None,
+                    end_user_dek=None,
                 )
             )
             usage += result.rowcount

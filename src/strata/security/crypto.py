@@ -149,6 +149,8 @@ class Crypto:
             raise ValueError("master key must be 32 bytes")
         self._kek = _aead(master_key)
         self._index_key = hmac.new(master_key, _INDEX_LABEL, hashlib.sha256).digest()
+        # Keyed once: copying a keyed HMAC is several times cheaper than hmac.new.
+        self._index_mac = hmac.new(self._index_key, digestmod=hashlib.sha256)
         self._keys: dict[int, Any] = {}  # id -> AESGCM
         self._unopenable: set[int] = set()
         self.active_id: int | None = None
@@ -244,7 +246,9 @@ class Crypto:
 
     def blind_index(self, text: str) -> str:
         """Keyed HMAC-SHA256 (hex, 64 chars) of ``text``, for equality lookups."""
-        return hmac.new(self._index_key, text.encode(), hashlib.sha256).hexdigest()
+        mac = self._index_mac.copy()
+        mac.update(text.encode())
+        return mac.hexdigest()
 
 
 def key_id_of(blob: bytes) -> int:
@@ -326,25 +330,33 @@ async def rotate(engine: Any, crypto: Crypto, batch: int = 500) -> dict[str, Any
     """``strata crypto rotate``: a new active data key; every encrypted row
     re-encrypted under it in batches (online: readers accept any known key id, and
     running servers pick up the new key within ``crypto.refresh_s``); then the old
-    keys no row uses any more are retired (deleted). Redis cache entries are not
+    keys no row uses any more are retired (deleted). Every store listed in
+    ``security.stores`` is covered. Redis cache entries are not
     rewritten: they expire with their TTL, and one under a retired key is a miss.
     Rows a server writes under the old key before it picks up the new one are
-    re-encrypted by the next rotation, or become misses if their key was retired
-    (both stores are caches)."""
-    from strata.storage.repositories import semantic_cache as semantic_repo
+    re-encrypted by the next rotation, which is also when that key is retired."""
+    from strata.security.stores import encrypted_stores
 
     await sync_keys(engine, crypto)
     old = crypto.key_ids()
+    replaced = crypto.active_id
     async with engine.begin() as conn:
         await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('strata.data_keys'))"))
         new_id = await new_data_key(conn, crypto)
-    reencrypted = 0
-    has_table = await semantic_repo.available(engine)
-    if has_table:
-        while n := await semantic_repo.reencrypt_batch(engine, crypto, batch):
-            reencrypted += n
-    in_use: set[int] = await semantic_repo.key_ids_in_use(engine) if has_table else set()
-    retire = sorted(k for k in old if k not in in_use and k != new_id)
+    per_store: dict[str, int] = {}
+    in_use: set[int] = set()
+    for store in encrypted_stores():
+        if not await store.available(engine):
+            continue
+        n = 0
+        while done := await store.reencrypt_batch(engine, crypto, batch):
+            n += done
+        per_store[store.name] = n
+        in_use |= await store.key_ids_in_use(engine)
+    reencrypted = sum(per_store.values())
+    # The key just replaced waits for the next rotation: servers that have not
+    # reloaded yet (up to crypto.refresh_s) still write usage records under it.
+    retire = sorted(k for k in old if k not in in_use and k not in (new_id, replaced))
     if retire:
         async with engine.begin() as conn:
             await conn.execute(
@@ -352,4 +364,4 @@ async def rotate(engine: Any, crypto: Crypto, batch: int = 500) -> dict[str, Any
             )
         for k in retire:
             crypto._keys.pop(k, None)
-    return {"key_id": new_id, "reencrypted": reencrypted, "retired": retire}
+    return {"key_id": new_id, "reencrypted": reencrypted, "stores": per_store, "retired": retire}

@@ -14,11 +14,13 @@ from sqlalchemy import (
     ForeignKeyConstraint,
     Index,
     Integer,
+    LargeBinary,
     Numeric,
     String,
     Text,
     Uuid,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -87,6 +89,18 @@ class UsageRecord(Base):
     __table_args__ = (
         Index("ix_usage_tenant_time", "tenant_id", "created_at"),
         Index("ix_usage_tenant_user_time", "tenant_id", "user_id", "created_at"),
+        Index(
+            "ix_usage_tenant_end_user",
+            "tenant_id",
+            "end_user_hmac",
+            "created_at",
+            postgresql_where=text("end_user_hmac IS NOT NULL"),
+        ),
+        Index(
+            "ix_usage_end_user_dek",
+            "end_user_dek",
+            postgresql_where=text("end_user_dek IS NOT NULL"),
+        ),
     )
 
     # Generated in-process, so replaying a spilled batch can never double-count.
@@ -117,3 +131,7 @@ class UsageRecord(Base):
     fallback: Mapped[bool] = mapped_column(Boolean, default=False)
     # W3C trace id (32 hex digits) of the request's trace; None when not traced.
     trace_id: Mapped[str | None] = mapped_column(String(32))
+    # The client's end-user id (OpenAI's ``user``), encrypted (strata.usage.sealing).
+    end_user_enc: Mapped[bytes | None] = mapped_column(LargeBinary)
+    end_user_hmac: Mapped[str | None] = mapped_column(String(64))
+    end_user_dek: Mapped[int | None] = mapped_column(Integer)

@@ -11,6 +11,7 @@ flushed, or spilled if the database is still down: nothing is lost.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import os
@@ -27,6 +28,7 @@ from typing import Any
 import orjson
 
 from strata.observability import tracing
+from strata.usage.sealing import drop_end_user
 
 log = logging.getLogger("strata.usage")
 
@@ -65,6 +67,9 @@ class UsageEvent:
     cache: str | None = None  # hit-exact | miss | bypass (chat only)
     saved_usd: Decimal = Decimal(0)  # a hit's saving: what the original call cost
     trace_id: str | None = None  # the request's OpenTelemetry trace, when traced
+    # The client's end-user id (OpenAI's ``user``): personal data, in memory only;
+    # rows carry it encrypted with a blind index (see ``Sealer``).
+    end_user: str | None = None
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     id: uuid.UUID = field(default_factory=uuid.uuid4)
 
@@ -103,6 +108,9 @@ class UsageRecorder:
         self.spilled = 0
         # Set by the runtime when tracing is on: each batch written is a span.
         self.tracer: Any = None
+        # Turns a row's plaintext end-user id into its encrypted columns; the
+        # runtime installs an EndUserSealer once the key ring exists.
+        self.seal: Callable[[dict[str, Any]], None] = drop_end_user
 
     def record(self, event: UsageEvent) -> None:
         """Hot path: O(1), never awaits."""
@@ -145,7 +153,7 @@ class UsageRecorder:
                     with tracing.root_span(
                         self.tracer, "usage.write", {"strata.usage.rows": len(batch)}
                     ):
-                        await self._write([_row(e) for e in batch])
+                        await self._write([self._row(e) for e in batch])
                 except BaseException:
                     self._buffer.extendleft(reversed(batch))
                     raise
@@ -211,7 +219,10 @@ class UsageRecorder:
         self.spill_path.parent.mkdir(parents=True, exist_ok=True)
         with self.spill_path.open("ab") as f:
             for _ in range(min(n, len(self._buffer))):
-                f.write(orjson.dumps(_row(self._buffer.popleft()), default=str) + b"\n")
+                row = self._row(self._buffer.popleft())
+                if row["end_user_enc"] is not None:
+                    row["end_user_enc"] = base64.b64encode(row["end_user_enc"]).decode()
+                f.write(orjson.dumps(row, default=str) + b"\n")
                 self.spilled += 1
             f.flush()
             os.fsync(f.fileno())
@@ -257,13 +268,14 @@ class UsageRecorder:
             f.write(line if line.endswith(b"\n") else line + b"\n")
         log.warning("unreadable usage spill line %d moved to %s", number, corrupt)
 
+    def _row(self, e: UsageEvent) -> dict[str, Any]:
+        # Shallow on purpose: asdict() deep-copies every value (~30x slower).
+        row = {name: getattr(e, name) for name in FIELDS}
+        self.seal(row)
+        return row
+
 
 FIELDS = tuple(f.name for f in fields(UsageEvent))
-
-
-def _row(e: UsageEvent) -> dict[str, Any]:
-    # Shallow on purpose: asdict() deep-copies every value (~30x slower).
-    return {name: getattr(e, name) for name in FIELDS}
 
 
 def _from_spill(row: dict[str, Any]) -> dict[str, Any]:
@@ -273,4 +285,7 @@ def _from_spill(row: dict[str, Any]) -> dict[str, Any]:
     for name in ("failed_cost_usd", "saved_usd"):
         if name in row:
             row[name] = Decimal(row[name])
+    if row.get("end_user_enc"):
+        row["end_user_enc"] = base64.b64decode(row["end_user_enc"])
+    row.pop("end_user", None)  # never written in clear
     return row
