@@ -37,6 +37,7 @@ check: lint typecheck test
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+	$(BIN)/python -m bench.usage_crypto
 
 clean:
 	rm -rf $(VENV) .strata-test .pytest_cache .mypy_cache .ruff_cache
