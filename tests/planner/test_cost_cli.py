@@ -102,8 +102,12 @@ def test_compare() -> None:
     assert rows[2]["after_usd"] == "1756.58"  # 1783.90 - 32.02 + 4.70
     table = run("cost", "compare", PLAN, "--strategy", "spot")
     assert "$61.78" in table.stdout and "fine_tuning on spot GPUs" in table.stdout
+    # The before/after table, line by line: 8 x 6.6 h x $1.43 = $75.50.
+    (ft,) = [r for r in table.stdout.splitlines() if "│ Fine-tuning" in r]
+    assert ["$137.28", "$75.50", "-$61.78"] == [c.strip() for c in ft.split("│")[2:5]]
     md = run("cost", "compare", PLAN, "-s", "batch=0.5", "-f", "md")
     assert "| batch=0.5 | $1,783.90 | $1,781.50 |" in md.stdout
+    assert "| OpenAI (GPT-3.5 Turbo) | $4.00 | $3.00 | -$1.00 |" in md.stdout
     bad = run("cost", "compare", PLAN, "-s", "warp=9")
     assert bad.exit_code == 2 and "unknown kind 'warp'" in bad.stderr
 

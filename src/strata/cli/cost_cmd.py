@@ -130,6 +130,7 @@ def compare_cmd(
         console.print(render.compare_table(outcomes))
         for o in outcomes:
             console.print(f"[bold]{o.strategy}[/bold]: {o.description}")
+        console.print(render.lines_table(outcomes[-1]))
 
 
 def _breakeven_dict(be: Breakeven) -> dict[str, Any]:

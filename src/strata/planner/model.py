@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 
 from strata.errors import ConfigError
 from strata.planner.catalog import PriceTable, Sourced, StalePrice, stale
@@ -28,7 +28,7 @@ QUANTUM = Decimal("0.0000000001")
 
 
 def usd(value: Decimal) -> str:
-    q = value.quantize(CENT)
+    q = value.quantize(CENT, rounding=ROUND_HALF_UP)
     return f"-${-q:,}" if q < 0 else f"${q:,}"
 
 

@@ -215,6 +215,31 @@ def compare_table(outcomes: list[Outcome]) -> Table:
     return table
 
 
+def lines_table(o: Outcome) -> Table:
+    """Line by line, before and after one outcome (the combined one for several)."""
+    table = Table(title=f"{o.strategy}: before and after, line by line (USD)")
+    table.add_column("line", no_wrap=True)
+    for col in ("before", "after", "change"):
+        table.add_column(col, justify="right")
+    for row in line_changes(o):
+        table.add_row(*row)
+    return table
+
+
+def line_changes(o: Outcome) -> list[tuple[str, str, str, str]]:
+    before = {ln.id: ln.cost for ln in o.before.lines}
+    rows = []
+    for layer in LAYERS:
+        for ln in o.after.layer(layer):
+            was = before.get(ln.id, Decimal(0))
+            change = "" if ln.cost == was else usd(ln.cost - was)
+            rows.append((ln.name, usd(was) if ln.id in before else "-", usd(ln.cost), change))
+        was_sub, sub = o.before.subtotals[layer], o.after.subtotals[layer]
+        rows.append((f"{LAYER_NAMES[layer]} subtotal", usd(was_sub), usd(sub), usd(sub - was_sub)))
+    rows.append(("Total", usd(o.before.total), usd(o.after.total), usd(-o.saving)))
+    return rows
+
+
 def compare_markdown(outcomes: list[Outcome]) -> str:
     out = [
         "| strategy | before | after | acts on (before) | saving | own cost | net | what it does |"
@@ -232,4 +257,7 @@ def compare_markdown(outcomes: list[Outcome]) -> str:
         out.append(
             f"| {o.strategy} | " + " | ".join(usd(m) for m in money) + f" | {o.description} |"
         )
+    last = outcomes[-1]
+    out += ["", f"| {last.strategy}: line | before | after | change |", "|---|---:|---:|---:|"]
+    out += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in line_changes(last)]
     return "\n".join(out) + "\n"

@@ -66,10 +66,11 @@ def _table_price(settings: Settings, provider: str, model: str) -> Price | None:
     """The shared price table's price, for a deployment strata.yaml leaves unpriced."""
     if not settings.usage.default_prices:
         return None
+    base_url = settings.providers[provider].options().get("base_url")
     found = gateway_default(
         load_table(settings.usage.price_file),
         provider,
-        settings.providers[provider].options().get("base_url"),
+        base_url if isinstance(base_url, str) else None,
         model,
     )
     if found is None:
