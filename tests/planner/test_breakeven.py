@@ -112,7 +112,7 @@ def test_measured_throughput_overrides_the_table() -> None:
     ],
 )
 def test_errors_name_the_input(kwargs: dict[str, str], message: str) -> None:
-    args = {"api": "api/m", "gpu": "g", **kwargs}
+    args: dict[str, Any] = {"api": "api/m", "gpu": "g", **kwargs}
     t = table(reserved_per_month="500", tokens_per_s="100")
     with pytest.raises(ConfigError) as err:
         breakeven(t, args.pop("api"), args.pop("gpu"), **args)

@@ -104,7 +104,7 @@ def test_compare() -> None:
     assert "$61.78" in table.stdout and "fine_tuning on spot GPUs" in table.stdout
     # The before/after table, line by line: 8 x 6.6 h x $1.43 = $75.50.
     (ft,) = [r for r in table.stdout.splitlines() if "│ Fine-tuning" in r]
-    assert ["$137.28", "$75.50", "-$61.78"] == [c.strip() for c in ft.split("│")[2:5]]
+    assert [c.strip() for c in ft.split("│")[2:5]] == ["$137.28", "$75.50", "-$61.78"]
     md = run("cost", "compare", PLAN, "-s", "batch=0.5", "-f", "md")
     assert "| batch=0.5 | $1,783.90 | $1,781.50 |" in md.stdout
     assert "| OpenAI (GPT-3.5 Turbo) | $4.00 | $3.00 | -$1.00 |" in md.stdout

@@ -202,6 +202,17 @@ def test_a_cache_that_finds_nothing_is_not_recommended() -> None:
     assert any("q: the cache is on and found no identical prompt" in n for n in fc.notes)
 
 
+def test_a_provider_named_otherwise_matches_by_its_host() -> None:
+    row = traffic(
+        "a", "tg", LLAMA_70B, requests=1, prompt_tokens=10**6, completion_tokens=0, cost_usd=D(1)
+    )
+    assert not forecast([row], 30, D(1), load_table()).recommendations
+    urls = {"tg": "https://api.together.xyz/v1"}
+    (rec,) = forecast([row], 30, D(1), load_table(), urls).recommendations
+    # 1M prompt tokens: $0.88 at 70B prices, $0.18 at 8B.
+    assert rec.strategy == "model" and rec.saving == D("0.70")
+
+
 @pytest.mark.parametrize(
     ("text", "value"), [("10x", "10"), ("1.5", "1.5"), ("150%", "1.5"), (" 2X ", "2")]
 )

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from strata.planner.catalog import SHIPPED, PriceTable, load_table
+from strata.planner.catalog import SHIPPED, PriceTable, Sourced, load_table
 from strata.planner.checks import CheckResult, run_checks
 from strata.planner.model import CostReport, cost_plan
 from strata.planner.plan import Plan, load_plan
@@ -188,7 +188,7 @@ def test_every_price_has_a_source_and_date() -> None:
     raw = yaml.safe_load(SHIPPED.read_text())
     table = load_table(SHIPPED)
     assert raw["version"]
-    entries = [p for prov in table.apis.values() for p in prov.models.values()]
+    entries: list[Sourced] = [p for prov in table.apis.values() for p in prov.models.values()]
     entries += [*table.gpus.values(), *table.services.values()]
     assert len(entries) >= 14
     for e in entries:

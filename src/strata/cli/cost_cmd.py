@@ -269,7 +269,8 @@ def forecast_cmd(
             rows = with_engine(
                 live, lambda e: traffic_by_model(e, start=start, end=end, tenant_id=tenant)
             )
-    fc = forecast(rows, days, mult, table)
+    urls = {n: p.options().get("base_url") for n, p in settings.providers.items()}
+    fc = forecast(rows, days, mult, table, {n: u for n, u in urls.items() if isinstance(u, str)})
     if fmt == "json":
         typer.echo(json.dumps(render_forecast.forecast_json(fc), indent=2))
         return

@@ -85,7 +85,15 @@ class Forecast:
         return out
 
 
-def forecast(rows: list[TrafficRow], days: int, growth: Decimal, table: PriceTable) -> Forecast:
+def forecast(
+    rows: list[TrafficRow],
+    days: int,
+    growth: Decimal,
+    table: PriceTable,
+    base_urls: dict[str, str] | None = None,
+) -> Forecast:
+    """``base_urls``: provider name -> base URL from strata.yaml, so a provider
+    named differently from the price table still matches by its API host."""
     factor = MONTH_DAYS / Decimal(days) * growth
     models = [
         ModelForecast(
@@ -102,7 +110,7 @@ def forecast(rows: list[TrafficRow], days: int, growth: Decimal, table: PriceTab
     ]
     fc = Forecast(days, growth, models, [])
     _cache(rows, factor, fc)
-    _per_deployment(rows, factor, table, fc)
+    _per_deployment(rows, factor, table, fc, base_urls or {})
     _self_host(models, table, fc)
     fc.recommendations.sort(key=lambda r: r.saving, reverse=True)
     return fc
@@ -144,12 +152,16 @@ def _cache(rows: list[TrafficRow], factor: Decimal, fc: Forecast) -> None:
 
 
 def _per_deployment(
-    rows: list[TrafficRow], factor: Decimal, table: PriceTable, fc: Forecast
+    rows: list[TrafficRow],
+    factor: Decimal,
+    table: PriceTable,
+    fc: Forecast,
+    base_urls: dict[str, str],
 ) -> None:
     for r in rows:
         if r.provider is None or r.model is None:
             continue
-        price = gateway_default(table, r.provider, None, r.model)
+        price = gateway_default(table, r.provider, base_urls.get(r.provider), r.model)
         if price is None:
             continue
         pin, pout = r.prompt_tokens * factor, r.completion_tokens * factor
