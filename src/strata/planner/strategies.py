@@ -115,78 +115,89 @@ def _resolve_model(table: PriceTable, target: str) -> str:
     return hits[0]
 
 
-def apply(plan: Plan, table: PriceTable, s: Strategy) -> tuple[Plan, list[str], list[str], str]:
-    """The changed plan, the ids of lines it acts on, the ids it adds, a description."""
-    p = plan.model_copy(deep=True)
+Applied = tuple[list[str], list[str], str]  # acts on, adds, description
+
+
+def _cache(p: Plan, table: PriceTable, s: Strategy) -> Applied:
     w = p.workload
-    api_ids = [m.id for m in w.mix]
-    if s.kind == "cache":
-        w.cache_hit_rate = _fraction(s.value, "cache")
-        added = []
-        if not any(x.role == "cache" for x in p.infrastructure):
-            service = s.options.get("service", DEFAULT_CACHE_SERVICE)
-            if service not in table.services:
-                raise ConfigError(f"strategy cache: unknown service price {service!r}")
-            p.infrastructure.append(
-                ServiceLine(
-                    id="strategy_cache", name="Response cache", service=service, role="cache"
-                )
-            )
-            added.append("strategy_cache")
-        own = "adds the cache's cost" if added else "the plan already pays for a cache"
-        return p, api_ids, added, f"hit rate {w.cache_hit_rate:%}: API spend avoided; {own}"
-    if s.kind == "batch":
-        w.batch_share = _fraction(s.value, "batch")
-        w.batch_discount = _fraction(
-            s.options.get("discount"), "batch discount", REFERENCE_BATCH_SAVING
+    w.cache_hit_rate = _fraction(s.value, "cache")
+    added = []
+    if not any(x.role == "cache" for x in p.infrastructure):
+        service = s.options.get("service", DEFAULT_CACHE_SERVICE)
+        if service not in table.services:
+            raise ConfigError(f"strategy cache: unknown service price {service!r}")
+        p.infrastructure.append(
+            ServiceLine(id="strategy_cache", name="Response cache", service=service, role="cache")
         )
-        desc = (
-            f"{w.batch_share:%} of API tokens batched at the provider's batch discount, else "
-            f"{w.batch_discount:%}; a reserved GPU costs the same batched or not"
+        added.append("strategy_cache")
+    own = "adds the cache's cost" if added else "the plan already pays for a cache"
+    desc = f"hit rate {w.cache_hit_rate:%}: API spend avoided; {own}"
+    return [m.id for m in w.mix], added, desc
+
+
+def _batch(p: Plan, table: PriceTable, s: Strategy) -> Applied:
+    w = p.workload
+    w.batch_share = _fraction(s.value, "batch")
+    w.batch_discount = _fraction(
+        s.options.get("discount"), "batch discount", REFERENCE_BATCH_SAVING
+    )
+    desc = (
+        f"{w.batch_share:%} of API tokens batched at the provider's batch discount, else "
+        f"{w.batch_discount:%}; a reserved GPU costs the same batched or not"
+    )
+    return [m.id for m in w.mix], [], desc
+
+
+def _model(p: Plan, table: PriceTable, s: Strategy) -> Applied:
+    target = _resolve_model(table, s.value or "")
+    provider = target.split("/", 1)[0]
+    frm = s.options.get("from")
+    acted = []
+    for m in p.workload.mix:
+        same = m.model.split("/", 1)[0] == provider and m.model != target
+        if (frm is None and same) or m.id == frm or m.model == frm:
+            m.model = target
+            acted.append(m.id)
+    if not acted:
+        raise ConfigError(f"strategy {s.label}: no mix entry to move to {target}")
+    return acted, [], f"{', '.join(acted)} served by {target}; benchmark quality first"
+
+
+def _spot(p: Plan, table: PriceTable, s: Strategy) -> Applied:
+    rerun = _fraction(s.options.get("rerun"), "spot rerun", DEFAULT_SPOT_RERUN)
+    acted = []
+    for c in p.compute:
+        if c.use not in ("fine_tuning", "batch") or c.billing != "on_demand":
+            continue
+        gpu = table.gpus[c.gpu]
+        # Given on the command line, else the GPU's own, else the reference's 50%.
+        disc = (gpu.spot_discount if s.value is None else None) or _fraction(
+            s.value, "spot", REFERENCE_SPOT_DISCOUNT
         )
-        return p, api_ids, [], desc
-    if s.kind == "model":
-        target = _resolve_model(table, s.value or "")
-        provider = target.split("/", 1)[0]
-        frm = s.options.get("from")
-        acted = []
-        for m in w.mix:
-            same = m.model.split("/", 1)[0] == provider and m.model != target
-            if (frm is None and same) or m.id == frm or m.model == frm:
-                m.model = target
-                acted.append(m.id)
-        if not acted:
-            raise ConfigError(f"strategy {s.label}: no mix entry to move to {target}")
-        return p, acted, [], f"{', '.join(acted)} served by {target}; benchmark quality first"
-    if s.kind == "spot":
-        acted = []
-        for c in p.compute:
-            if c.use in ("fine_tuning", "batch") and c.billing == "on_demand":
-                gpu = table.gpus[c.gpu]
-                given = gpu.spot_discount if s.value is None else None
-                disc = given or _fraction(s.value, "spot", REFERENCE_SPOT_DISCOUNT)
-                p.prices.gpus[c.gpu] = gpu.model_copy(update={"spot_discount": disc})
-                rerun = 1 + _fraction(s.options.get("rerun"), "spot rerun", DEFAULT_SPOT_RERUN)
-                c.billing = "spot"
-                if c.hours_per_run is not None:
-                    c.hours_per_run *= rerun
-                elif c.hours is not None:
-                    c.hours *= rerun
-                acted.append(c.id)
-        if not acted:
-            raise ConfigError("strategy spot: no on-demand fine-tuning or batch compute line")
-        rerun_pct = _fraction(s.options.get("rerun"), "spot rerun", DEFAULT_SPOT_RERUN)
-        desc = (
-            f"{', '.join(acted)} on spot GPUs ({s.value or 'table or reference'} off); "
-            f"{rerun_pct:%} more hours for work lost to interruptions"
-        )
-        return p, acted, [], desc
-    # route
+        p.prices.gpus[c.gpu] = gpu.model_copy(update={"spot_discount": disc})
+        c.billing = "spot"
+        if c.hours_per_run is not None:
+            c.hours_per_run *= 1 + rerun
+        elif c.hours is not None:
+            c.hours *= 1 + rerun
+        acted.append(c.id)
+    if not acted:
+        raise ConfigError("strategy spot: no on-demand fine-tuning or batch compute line")
+    desc = (
+        f"{', '.join(acted)} on spot GPUs ({s.value or 'table or reference'} off); "
+        f"{rerun:%} more hours for work lost to interruptions"
+    )
+    return acted, [], desc
+
+
+def _route(p: Plan, table: PriceTable, s: Strategy) -> Applied:
+    w = p.workload
     share = _fraction(s.value, "route")
     to = s.options.get("to")
     if not to:
         raise ConfigError("strategy route: name the model, e.g. route=0.1,to=openai/gpt-3.5-turbo")
     target = _resolve_model(table, to)
+    acts = [m.id for m in w.mix]
     total = sum((m.weight for m in w.mix), Decimal(0))
     for m in w.mix:
         m.weight *= 1 - share
@@ -195,13 +206,20 @@ def apply(plan: Plan, table: PriceTable, s: Strategy) -> tuple[Plan, list[str], 
     if existing:
         existing[0].weight += share * total
     else:
-        w.mix.append(
-            MixEntry(
-                id="strategy_route", name=f"Routed to {target}", model=target, weight=share * total
-            )
-        )
+        name = f"Routed to {target}"
+        w.mix.append(MixEntry(id="strategy_route", name=name, model=target, weight=share * total))
         added.append("strategy_route")
-    return p, [*api_ids, *added], added, f"{share:%} of tokens routed to {target}"
+    return [*acts, *added], added, f"{share:%} of tokens routed to {target}"
+
+
+_APPLY = {"cache": _cache, "batch": _batch, "model": _model, "spot": _spot, "route": _route}
+
+
+def apply(plan: Plan, table: PriceTable, s: Strategy) -> tuple[Plan, list[str], list[str], str]:
+    """The changed plan, the ids of lines it acts on, the ids it adds, a description."""
+    p = plan.model_copy(deep=True)
+    acts, added, desc = _APPLY[s.kind](p, table, s)
+    return p, acts, added, desc
 
 
 def compare(plan: Plan, table: PriceTable, strategies: list[Strategy]) -> list[Outcome]:
