@@ -74,6 +74,10 @@ TEST_CONFIG: dict[str, Any] = {
     # the suite, whose tests share a few users; tests of limits set their own.
     "limits": {"user": {"requests_per_second": 1000}},
     "crypto": {"master_key": "env:STRATA_TEST_MASTER_KEY"},
+    # No job worker in test servers: servers of every module share one Redis, and a
+    # batch must run on the server (settings) its test made. Batch tests start
+    # servers with a worker on a queue of their own.
+    "jobs": {"embedded_worker": False},
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from starlette.routing import Route
@@ -20,6 +21,8 @@ from strata.api import (
     models,
     usage,
 )
+from strata.api import batches as batches_api
+from strata.api import files as files_api
 from strata.api import metrics as metrics_api
 from strata.api.admin_keys import router as admin_keys_router
 from strata.api.admin_privacy import router as admin_privacy_router
@@ -45,6 +48,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.runtime = await Runtime.start(settings)
         rag_wiring.attach(app.state.runtime)
         sighup = config_reload.install_sighup(app.state.runtime)
+        worker = _start_worker(app, settings)
         # Start-up objects (imports, config, clients) live for the whole process:
         # freezing them keeps every later collection from re-scanning them, and a
         # larger young generation makes collections rarer under load. Measured:
@@ -57,6 +61,8 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             if sighup:
                 config_reload.remove_sighup()
+            if worker is not None:
+                await worker.stop()
             await app.state.runtime.stop()
 
     app = StrataApp(
@@ -74,11 +80,15 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(admin_keys_router)
     app.include_router(admin_privacy_router)
     app.include_router(rag_router)
+    app.include_router(files_api.router)
+    app.include_router(batches_api.router)
     metrics_api.install(app, settings)
     app.add_middleware(
         RequestContextMiddleware,
         max_body_bytes=settings.max_body_bytes,
         hardening=settings.hardening,
+        # File uploads have the Files API's own limit (200 MB, as OpenAI's).
+        upload_limits={files_api.PATH: settings.batch.max_file_bytes + files_api.MULTIPART_SLACK},
     )
     app.fast_routes = {}
     for path, endpoint in (
@@ -96,3 +106,15 @@ def create_app(settings: Settings) -> FastAPI:
             k: tracing.ServerSpans(v, app, route=k[1]) for k, v in app.fast_routes.items()
         }
     return app
+
+
+def _start_worker(app: FastAPI, settings: Settings) -> Any:
+    """Embedded mode: one job worker in this process, on the server's runtime."""
+    if not settings.jobs.embedded_worker:
+        return None
+    from strata.jobs.worker import InProcessWorker
+
+    worker = InProcessWorker(app.state.runtime)
+    app.state.jobs_queue = worker.worker.queue
+    worker.start()
+    return worker

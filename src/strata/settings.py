@@ -29,6 +29,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from strata.alerts.config import AlertsSettings
 from strata.cache.guard import DEFAULT_THRESHOLD
 from strata.errors import ConfigError
+from strata.jobs.config import BatchSettings, JobsSettings
 from strata.limits.config import BudgetsSettings, LimitsSettings
 from strata.observability.config import ObservabilitySettings
 from strata.privacy.retention import RetentionSettings
@@ -311,6 +312,10 @@ class Settings(BaseSettings):
     retention: RetentionSettings = RetentionSettings()
     hardening: HardeningSettings = HardeningSettings()
     rag: RagSettings = RagSettings()
+    jobs: JobsSettings = JobsSettings()
+    # Ray cluster for large batches (`ray://head:10001`, or `auto`); STRATA_RAY_ADDRESS.
+    ray_address: str | None = None
+    batch: BatchSettings = BatchSettings()
     providers: dict[str, ProviderConfig] = Field(default_factory=_default_providers)
     models: dict[str, Alias] = Field(default_factory=_default_models)
 

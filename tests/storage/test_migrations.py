@@ -19,6 +19,8 @@ from strata.storage import migrate
 from strata.storage.engine import async_url, make_engine
 from strata.storage.models import Base
 from strata.storage.repositories import alerts as _alerts  # noqa: F401  (its tables)
+from strata.storage.repositories import batches as _batches  # noqa: F401  (its tables)
+from strata.storage.repositories import files as _files  # noqa: F401  (its tables)
 from strata.storage.repositories import limits as _limits  # noqa: F401  (its tables)
 
 TABLES = {"tenants", "users", "api_keys", "usage_records"}

@@ -34,10 +34,16 @@ _SAFE_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,200}$")
 
 class RequestContextMiddleware:
     def __init__(
-        self, app: Any, max_body_bytes: int, hardening: HardeningSettings | None = None
+        self,
+        app: Any,
+        max_body_bytes: int,
+        hardening: HardeningSettings | None = None,
+        upload_limits: dict[str, int] | None = None,
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        # Paths with a body limit of their own (file uploads), POST only.
+        self.upload_limits = upload_limits or {}
         self.cors = Cors.of((hardening or HardeningSettings()).cors)
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
@@ -86,6 +92,8 @@ class RequestContextMiddleware:
 
         received = 0
         limit = self.max_body_bytes
+        if self.upload_limits and scope["method"] == "POST":
+            limit = self.upload_limits.get(scope["path"], limit)
 
         async def receive_wrapper() -> dict[str, Any]:
             nonlocal received

@@ -12,10 +12,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from strata.cli import (
     alerts_cmd,
     audit_cmd,
+    batches_cmd,
     cache_cmd,
     config_cmd,
     cost_cmd,
     crypto_cmd,
+    jobs_cmd,
     keys_cmd,
     limits_cmd,
     models_cmd,
@@ -23,6 +25,7 @@ from strata.cli import (
     rag_cmd,
     route_cmd,
     usage_cmd,
+    worker_cmd,
 )
 from strata.cli.common import (
     ConfigOpt,
@@ -58,6 +61,9 @@ app.add_typer(cost_cmd.app, name="cost")
 app.add_typer(rag_cmd.app, name="rag")
 app.command("ingest")(rag_cmd.ingest)
 app.command("usage")(usage_cmd.usage)
+app.add_typer(jobs_cmd.app, name="jobs")
+app.add_typer(batches_cmd.app, name="batches")
+app.command("worker")(worker_cmd.worker)
 app.command("models")(models_cmd.models)
 
 

@@ -1,0 +1,1 @@
+"""Uploaded files (the Files API): validation and encrypted storage."""
