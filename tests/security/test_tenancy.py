@@ -12,6 +12,7 @@ A's answer.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 import uuid
@@ -37,6 +38,7 @@ class Tenant:
     marker: str = ""
     ids: list[str] = field(default_factory=list)
     rag: dict[str, str] = field(default_factory=dict)  # its collection and document ids
+    batch: dict[str, str] = field(default_factory=dict)  # its file and batch ids
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +78,21 @@ def tenants(server: ServerThread, new_key: Callable[..., NewKey]) -> tuple[Tenan
     )
     assert doc.status_code == 200, doc.text
     a.rag = {"col": col.json()["id"], "name": "kb-" + suffix, "doc": doc.json()["data"][0]["id"]}
+    # A's batch input file (its name and content hold the marker) and a batch on it.
+    line = {"custom_id": a.marker, "method": "POST", "url": "/v1/chat/completions",
+            "body": chat_body(a.marker)}  # fmt: skip
+    up = httpx.post(
+        server.base_url + "/v1/files",
+        headers={"authorization": f"Bearer {a.member.key}"},
+        files={"file": (f"{a.marker}.jsonl", json.dumps(line).encode())},
+        data={"purpose": "batch"},
+        timeout=60,
+    )
+    assert up.status_code == 200, up.text
+    batch = call(server, a.member, "POST", "/v1/batches", {"input_file_id": up.json()["id"],
+                 "endpoint": "/v1/chat/completions", "completion_window": "24h"})  # fmt: skip
+    assert batch.status_code == 200, batch.text
+    a.batch = {"file": up.json()["id"], "batch": batch.json()["id"]}
     a.ids = [
         a.member.user_id,
         a.admin.user_id,
@@ -85,6 +102,7 @@ def tenants(server: ServerThread, new_key: Callable[..., NewKey]) -> tuple[Tenan
         a.member.key[:16],
         a.marker,
     ]
+    a.ids += list(a.batch.values())  # A's file and batch ids: never in B's answers
     return a, b
 
 
@@ -153,6 +171,16 @@ ROWS: list[tuple[str, str, str, Any, set[int]]] = [
      {404}),
     ("rag answer", "POST", "/v1/rag/collections/{a_col}/answer",
      {"model": "fake", "query": "reset password"}, {404}),
+    ("files", "GET", "/v1/files", None, {200}),
+    ("a foreign file", "GET", "/v1/files/{a_file}", None, {404}),
+    ("a foreign file's content", "GET", "/v1/files/{a_file}/content", None, {404}),
+    ("delete a foreign file", "DELETE", "/v1/files/{a_file}", None, {404}),
+    ("batches", "GET", "/v1/batches", None, {200}),
+    ("a foreign batch", "GET", "/v1/batches/{a_batch}", None, {404}),
+    ("cancel a foreign batch", "POST", "/v1/batches/{a_batch}/cancel", None, {404}),
+    ("batch on a foreign file", "POST", "/v1/batches",
+     {"input_file_id": "{a_file}", "endpoint": "/v1/chat/completions",
+      "completion_window": "24h"}, {404}),
     ("chat grounded on a foreign collection", "POST", "/v1/chat/completions",
      {"model": "fake", "messages": [{"role": "user", "content": "reset password"}],
       "rag": {"collection": "{a_col}"}}, {404}),
@@ -167,6 +195,8 @@ def fill(template: str, a: Tenant) -> str:
         a_col=a.rag.get("col", ""),
         a_col_name=a.rag.get("name", ""),
         a_doc=a.rag.get("doc", ""),
+        a_file=a.batch.get("file", ""),
+        a_batch=a.batch.get("batch", ""),
     )
 
 
@@ -230,6 +260,12 @@ def test_a_is_untouched_by_b(server: ServerThread, tenants: tuple[Tenant, Tenant
     assert all(k["revoked_at"] is None for k in listed)
     docs = call(server, a.member, "GET", f"/v1/rag/collections/{a.rag['col']}/documents")
     assert [d["id"] for d in docs.json()["data"]] == [a.rag["doc"]]  # not deleted, no intruder
+    f = call(server, a.member, "GET", f"/v1/files/{a.batch['file']}")
+    assert f.status_code == 200 and f.json()["filename"] == f"{a.marker}.jsonl"
+    files = call(server, a.member, "GET", "/v1/files").json()["data"]
+    assert [x["id"] for x in files] == [a.batch["file"]]  # no intruder's file in A's list
+    batch = call(server, a.member, "GET", f"/v1/batches/{a.batch['batch']}").json()
+    assert batch["status"] == "validating"  # not cancelled by B (no worker runs here)
 
 
 def test_b_sees_its_own_data_only(server: ServerThread, tenants: tuple[Tenant, Tenant]) -> None:

@@ -29,6 +29,9 @@ log = logging.getLogger("strata.privacy")
 AGED = {
     "usage_records": ("usage_records", "created_at"),
     "alert_deliveries": ("alert_deliveries", "created_at"),
+    # Batches first: a batch's results go with it (cascade), then its files.
+    "batches": ("batches", "created_at"),
+    "files": ("files", "created_at"),
 }
 
 
@@ -39,6 +42,10 @@ class RetentionSettings(BaseModel):
     # year of invoices plus a month of disputes.
     usage_records_days: int | None = Field(default=400, gt=0)
     alert_deliveries_days: int | None = Field(default=90, gt=0)
+    # Uploaded files, batch outputs and batches (with their per-request results):
+    # 30 days, as OpenAI keeps batch output files.
+    files_days: int | None = Field(default=30, gt=0)
+    batches_days: int | None = Field(default=30, gt=0)
     interval_s: float = Field(default=3600.0, gt=0)
     batch: int = Field(default=5000, gt=0)
     enabled: bool = True

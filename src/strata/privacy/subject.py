@@ -40,6 +40,8 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from strata.cache.keys import owner_key
+from strata.files.privacy import erase_subject as files_erase
+from strata.files.privacy import export_subject as files_export
 from strata.limits.overrides import user_subject
 from strata.privacy import spill
 from strata.rag.service import erase_documents as rag_erase
@@ -270,6 +272,7 @@ async def export(
     if await semantic_repo.available(engine):
         semantic = await semantic_repo.rows_for_user(engine, tenant, user, crypto or _NoKeys())
     rag_documents = await rag_export(engine, crypto or _NoKeys(), tenant, user)
+    files_batches = await files_export(engine, crypto or _NoKeys(), tenant, user)
     exact = []
     for k in sorted(await redis.smembers(owner_key(tenant, user))):
         value = await redis.get(k)
@@ -300,6 +303,8 @@ async def export(
         "usage_records_spilled": _spill_rows(data_dir, tenant, user, crypto),
         "semantic_cache": semantic,
         "rag_documents": rag_documents,
+        "files": files_batches["files"],
+        "batches": files_batches["batches"],
         "exact_cache": exact,
         "overrides": overrides,
         "budget_spend": spend,
@@ -316,6 +321,8 @@ async def export(
             "usage_records": len(usage_json),
             "semantic_cache": len(semantic),
             "rag_documents": len(rag_documents),
+            "files": len(files_batches["files"]),
+            "batches": len(files_batches["batches"]),
             "exact_cache": len(exact),
         },
     )
@@ -372,6 +379,8 @@ async def erase(
     )
     # Documents the user uploaded, with their chunks and vectors.
     counts["rag_documents"], counts["rag_chunks"] = await rag_erase(engine, tenant, user)
+    # Batches (with their results) and files: uploaded inputs and produced outputs.
+    counts.update(await files_erase(engine, tenant, user))
     owner = owner_key(tenant, user)
     counts["exact_cache"] = await _delete_redis(redis, list(await redis.smembers(owner)))
     await redis.delete(owner)
