@@ -123,3 +123,10 @@ def test_rotation_reencrypts_files_and_results(server: ServerThread, client: ope
     assert client.files.content(f.id).read() == data
     assert client.files.retrieve(f.id).filename == "rot.jsonl"
     assert len(client.files.content(done.output_file_id).read().splitlines()) == 3
+    # `strata crypto rotate` covers them too: two rotations retire the key they used.
+    for _ in range(2):
+        report = server.call(crypto_mod.rotate(rt.engine, crypto))
+        assert "files" in report["stores"]
+    assert new in report["retired"]  # no row still needed it
+    assert client.files.content(f.id).read() == data
+    assert client.batches.retrieve(b.id).request_counts.completed == 3  # type: ignore[union-attr]

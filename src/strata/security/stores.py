@@ -28,6 +28,7 @@ class EncryptedStore:
 
 def encrypted_stores() -> list[EncryptedStore]:
     # Imported here: the repositories import strata.security.crypto.
+    from strata.files import rotation as files_rotation
     from strata.storage.repositories import semantic_cache, usage
 
     return [
@@ -38,4 +39,6 @@ def encrypted_stores() -> list[EncryptedStore]:
             semantic_cache.available,
         ),
         EncryptedStore("usage_records.end_user", usage.reencrypt_end_users, usage.end_user_key_ids),
+        # Files (names, contents), batch metadata and batch result lines.
+        EncryptedStore("files", files_rotation.reencrypt_batch, files_rotation.key_ids_in_use),
     ]
