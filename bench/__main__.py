@@ -23,7 +23,9 @@ from pathlib import Path
 from bench.measure import MODES, BadResponses, Plan
 
 SEMANTIC = "cache-semantic"
-ALL_MODES = [*MODES, SEMANTIC]
+# The Batch API (bench/batch.py): batch path vs live, local embeddings 32 per pass.
+BATCH = "batch"
+ALL_MODES = [*MODES, SEMANTIC, BATCH]
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -94,6 +96,15 @@ def main(argv: list[str] | None = None) -> int:
     from bench import report
     from bench.run import run
 
+    if BATCH in modes:
+        modes = [m for m in modes if m != BATCH]
+        from bench import batch
+
+        quick = ["--requests", "200", "--embed-repeats", "3"] if plan.repeats == 1 else []
+        if batch.main(["--repeats", str(plan.repeats), *quick]) != 0:
+            return 1
+        if not modes:
+            return 0
     try:
         results = run(plan, modes, keep=args.keep)
     except (BadResponses, RuntimeError) as exc:

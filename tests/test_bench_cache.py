@@ -53,8 +53,8 @@ def test_check_cache() -> None:
 
 
 def test_mode_choices() -> None:
-    assert ALL_MODES == ["non-streaming", "streaming", "cache-exact", "cache-semantic"]
-    for mode in ("cache-exact", "cache-semantic", "all"):
+    assert ALL_MODES == ["non-streaming", "streaming", "cache-exact", "cache-semantic", "batch"]
+    for mode in ("cache-exact", "cache-semantic", "batch", "all"):
         assert parse_args(["--mode", mode]).mode == mode
     assert make_plan(parse_args(["--quick"])).semantic_pairs == 50
     assert make_plan(parse_args(["--semantic-pairs", "7"])).semantic_pairs == 7
