@@ -283,3 +283,28 @@ def test_batch_errors_are_openai_shaped(bclient: openai.OpenAI) -> None:
         )
     with pytest.raises(openai.NotFoundError):
         bclient.batches.retrieve("batch_nope")
+
+
+def test_local_embedding_batch_matches_live_vectors(bclient: openai.OpenAI) -> None:
+    """The embedded MiniLM, 32 texts per pass: the same vectors as one live request."""
+    texts = [f"batch embedding sentence number {i} about topic {i % 5}" for i in range(40)]
+    lines = [
+        {
+            "custom_id": f"m{i}",
+            "method": "POST",
+            "url": "/v1/embeddings",
+            "body": {"model": "embed-default", "input": t},
+        }
+        for i, t in enumerate(texts)
+    ]
+    f = upload(bclient, jsonl(lines))
+    b = bclient.batches.create(
+        input_file_id=f.id, endpoint="/v1/embeddings", completion_window="24h"
+    )
+    done = wait_batch(bclient, b.id, ("completed", "failed"), timeout_s=180)
+    assert done.request_counts is not None and done.request_counts.completed == 40, done
+    out = {o["custom_id"]: o["response"]["body"] for o in read_jsonl(bclient, done.output_file_id)}
+    live = bclient.embeddings.create(model="embed-default", input=texts[7]).data[0].embedding
+    batched = out["m7"]["data"][0]["embedding"]
+    assert len(batched) == 384
+    assert max(abs(x - y) for x, y in zip(live, batched, strict=True)) < 1e-4

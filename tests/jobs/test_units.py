@@ -70,3 +70,22 @@ def test_validation_names_lines_and_counts_requests() -> None:
     many = b"\n".join(b"{" for _ in range(9))
     with pytest.raises(InvalidRequest, match="and 4 more"):
         validate_batch_file(many, 10)
+
+
+def test_local_models_get_one_batch_request_at_a_time() -> None:
+    from strata.providers.local_queue import LocalQueue
+
+    local = SimpleNamespace(is_local=True, queue=LocalQueue("l", 4))
+    remote = SimpleNamespace(is_local=False)
+    spec = {
+        "loc": SimpleNamespace(deployments=[SimpleNamespace(provider="local")]),
+        "api": SimpleNamespace(deployments=[SimpleNamespace(provider="r")] * 2),
+    }
+    rt = SimpleNamespace(
+        settings=SimpleNamespace(batch=BatchSettings(concurrency_per_deployment=8), models=spec),
+        providers={"local": local, "r": remote},
+    )
+    ex = Executor(rt, None, None, SimpleNamespace(id="b", endpoint="/v1/embeddings"))
+    assert ex._sem("loc")._value == 1
+    assert ex._sem("api")._value == 16  # 8 per deployment
+    local.queue.shutdown()

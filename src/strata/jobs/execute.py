@@ -185,15 +185,29 @@ class Executor:
             return None
         return (body["model"], body.get("encoding_format"), body.get("dimensions"))
 
+    def _local_queues(self, alias: str) -> list[Any]:
+        """The queues of the alias's models that run on this machine."""
+        spec = self.rt.settings.models.get(alias)
+        deps = spec.deployments if spec is not None else []
+        providers = (self.rt.providers.get(d.provider) for d in deps)
+        return [p.queue for p in providers if getattr(p, "is_local", False)]
+
     def _sem(self, alias: str) -> asyncio.Semaphore:
         sem = self._sems.get(alias)
         if sem is None:
             spec = self.rt.settings.models.get(alias)
             deployments = len(spec.deployments) if spec is not None and spec.deployments else 1
-            sem = self._sems[alias] = asyncio.Semaphore(
-                self.settings.concurrency_per_deployment * deployments
-            )
+            # A local model runs one job at a time: one batch request in its queue at
+            # most, so live requests never find it full because of a batch.
+            size = 1 if self._local_queues(alias) else self.settings.concurrency_per_deployment
+            sem = self._sems[alias] = asyncio.Semaphore(size * deployments)
         return sem
+
+    async def _after_live(self, alias: str, stop: asyncio.Event) -> None:
+        """Live traffic first on local models: wait while live requests queue for one."""
+        queues = self._local_queues(alias)
+        while queues and any(q.waiting for q in queues) and not stop.is_set():
+            await _sleep(stop, 0.05)
 
     async def _unit(self, unit: list[Line], stop: asyncio.Event) -> list[Outcome | None]:
         if len(unit) > 1 or self._group_key(unit[0]) is not None:
@@ -236,6 +250,7 @@ class Executor:
             try:
                 alias = body.get("model")
                 async with self._sem(alias if isinstance(alias, str) else ""):
+                    await self._after_live(alias if isinstance(alias, str) else "", stop)
                     if stop.is_set():  # cancelled while waiting: not started
                         return None
                     out = await self._call(kind, body, meter)
@@ -314,6 +329,7 @@ class Executor:
             meter = self._meter(unit[0], "embeddings", capture)
             try:
                 async with self._sem(body["model"]):
+                    await self._after_live(body["model"], stop)
                     if stop.is_set():
                         return [None] * len(unit)
                     self.principal.check_model(body["model"])
