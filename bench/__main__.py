@@ -2,7 +2,9 @@
 
 Modes: non-streaming, streaming, cache-exact (wrk; every request after the first an
 exact cache hit) and cache-semantic (a Python client on one connection; semantic
-cache hits and misses on a separate Strata with the embedded embedding model).
+cache hits and misses on a separate Strata with the embedded embedding model);
+rag (bench/rag_bench.py: ingestion throughput against raw sentence-transformers,
+search latency at 100k chunks).
 
     make bench                          # full: 3 interleaved repeats of 15s runs
     .venv/bin/python -m bench --quick   # smoke test: one repeat of 5s runs
@@ -25,7 +27,9 @@ from bench.measure import MODES, BadResponses, Plan
 SEMANTIC = "cache-semantic"
 # The Batch API (bench/batch.py): batch path vs live, local embeddings 32 per pass.
 BATCH = "batch"
-ALL_MODES = [*MODES, SEMANTIC, BATCH]
+# RAG (bench/rag_bench.py): ingestion vs raw sentence-transformers, search at 100k chunks.
+RAG = "rag"
+ALL_MODES = [*MODES, SEMANTIC, BATCH, RAG]
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -96,6 +100,15 @@ def main(argv: list[str] | None = None) -> int:
     from bench import report
     from bench.run import run
 
+    if RAG in modes:
+        modes = [m for m in modes if m != RAG]
+        from bench import rag_bench
+
+        quick = ["--repeats", "1", "--chunks", "20000", "--queries", "100"]
+        if rag_bench.main(quick if plan.repeats == 1 else []) != 0:
+            return 1
+        if not modes:
+            return 0
     if BATCH in modes:
         modes = [m for m in modes if m != BATCH]
         from bench import batch

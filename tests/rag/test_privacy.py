@@ -3,8 +3,10 @@ full-text index included), exported and erased with their uploader."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 from strata.storage.repositories.keys import NewKey
 from tests.conftest import ServerThread
@@ -76,3 +78,54 @@ def test_raw_tables_hold_no_plaintext(
     assert raw_rows(database_url, "SELECT 1 FROM rag_chunks WHERE document_id = $1", kept["id"])
     again = call(server, admin, "POST", f"/v1/admin/privacy/{tenant}/{alice.user_id}/erase")
     assert again.json()["counts"]["rag_documents"] == 0
+
+
+def test_key_rotation_reencrypts_documents(
+    server: ServerThread, new_key: Callable[..., NewKey], database_url: str
+) -> None:
+    from strata.security import crypto as crypto_mod
+    from strata.storage.engine import make_engine
+
+    key = new_key(tenant="rag-rot-" + uuid.uuid4().hex[:8])
+    col = call(server, key, "POST", BASE, json={"name": "rotating"}).json()
+    secret = "Okafor-" + uuid.uuid4().hex[:6]
+    (doc,) = add(server, key, col, {"text": f"# Notes\n\nThe courier for {secret} comes at noon."})
+    before = raw_rows(
+        database_url, "SELECT dek_id FROM rag_chunks WHERE document_id = $1", doc["id"]
+    )
+
+    s = server.settings
+    admin = crypto_mod.Crypto(crypto_mod.load_master_key(s.crypto, s.data_dir))
+
+    async def rotate() -> dict[str, Any]:
+        engine = make_engine(database_url, pool_size=1)
+        try:
+            return await crypto_mod.rotate(engine, admin)
+        finally:
+            await engine.dispose()
+
+    report = asyncio.run(rotate())
+    assert report["stores"]["rag"] >= 1
+    after = raw_rows(
+        database_url,
+        "SELECT d.dek_id AS d, c.dek_id AS c FROM rag_documents d "
+        "JOIN rag_chunks c ON c.document_id = d.id WHERE d.id = $1",
+        doc["id"],
+    )
+    assert {(r["d"], r["c"]) for r in after} == {(report["key_id"], report["key_id"])}
+    assert before[0]["dek_id"] != report["key_id"]
+    # No RAG row keeps the old key (rotation retires it once no store uses it).
+    from strata.storage.repositories import rag as rag_repo
+
+    async def in_use() -> set[int]:
+        engine = make_engine(database_url, pool_size=1)
+        try:
+            return await rag_repo.key_ids_in_use(engine)
+        finally:
+            await engine.dispose()
+
+    assert asyncio.run(in_use()) == {report["key_id"]}
+    # The server picks up the new key (its refresh) and still reads the document.
+    server.call(crypto_mod.sync_keys(server.runtime.engine, server.runtime.chat.cache.crypto))
+    hits = search(server, key, col, secret, mode="lexical")
+    assert hits and secret in hits[0]["text"]

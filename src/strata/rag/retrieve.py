@@ -126,13 +126,12 @@ async def search(
     with tracing.span("rag.retrieve", {"strata.rag.mode": mode}) as span:
         iterative = await rag.iterative_scans()
 
-        async def by_vector() -> list[tuple[int, float]]:
+        async def by_vector(conn: Any) -> list[tuple[int, float]]:
             if vector is None:
                 return []
-            async with _connection(rag.engine) as conn:
-                return await repo.vector_search(
-                    conn, col.id, col.dimensions, vector, n, hashed, s.ef_search, iterative
-                )
+            return await repo.vector_search(
+                conn, col.id, col.dimensions, vector, n, hashed, s.ef_search, iterative
+            )
 
         async def by_text() -> list[tuple[int, float]]:
             if mode == "vector":
@@ -141,15 +140,16 @@ async def search(
                 q = await tsquery(conn, rag.lexicon, query)
                 return await repo.lexical_search(conn, col.id, q, n, hashed) if q else []
 
-        vec, lex = await asyncio.gather(by_vector(), by_text())
-        vrank = {cid: i for i, (cid, _) in enumerate(vec, 1)}
-        lrank = {cid: i for i, (cid, _) in enumerate(lex, 1)}
-        fused = rrf([[c for c, _ in vec], [c for c, _ in lex]])
-        # The floor may drop some: fetch a few more than asked for.
-        ids = [cid for cid, _ in fused[: k * 3 if floor > -1 and vector is not None else k]]
-        rows: dict[int, Any] = {}
-        if ids:
-            async with _connection(rag.engine) as conn:
+        # Both retrievers at once, on two connections; the first also fetches.
+        async with _connection(rag.engine) as conn:
+            vec, lex = await asyncio.gather(by_vector(conn), by_text())
+            vrank = {cid: i for i, (cid, _) in enumerate(vec, 1)}
+            lrank = {cid: i for i, (cid, _) in enumerate(lex, 1)}
+            fused = rrf([[c for c, _ in vec], [c for c, _ in lex]])
+            # The floor may drop some: fetch a few more than asked for.
+            ids = [cid for cid, _ in fused[: k * 3 if floor > -1 and vector is not None else k]]
+            rows: dict[int, Any] = {}
+            if ids:
                 rows = await repo.fetch_chunks(conn, col.id, ids, vector)
         for cid, score in fused:
             if len(out.hits) == k:

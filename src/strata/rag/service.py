@@ -32,6 +32,8 @@ from strata.storage.repositories.semantic_cache import _connection, vector_text
 EmbedFn = Callable[[str, list[str]], Awaitable[EmbedResult]]
 MAX_SOURCE_CHARS = 1000
 MAX_META_KEYS = 64
+# Embedding batches sorted by length together (see _embed_and_write).
+WINDOW_BATCHES = 8
 META_TYPES = ("string", "number", "boolean")
 
 
@@ -281,36 +283,36 @@ class RagService:
 
         task = asyncio.create_task(writer())
         try:
-            vectors: list[list[list[float]]] = [[] for _ in pending]
-            batch: list[tuple[int, str]] = []
-            ready = 0  # documents handed to the writer so far
             size = self.settings.embed_batch_size
-
-            async def flush(items: list[tuple[int, str]]) -> None:
-                nonlocal ready
-                result = await self.embed(col.embedding_model, [t for _, t in items])
-                for (i, _), vec in zip(items, result.vectors, strict=True):
-                    if len(vec) != col.dimensions:
-                        raise StrataError(
-                            f"the embedding model '{col.embedding_model}' now returns "
-                            f"{len(vec)}-dimensional vectors; the collection holds "
-                            f"{col.dimensions}: recreate it to change models"
-                        )
-                    vectors[i].append(vec)
-                while ready < len(pending) and len(vectors[ready]) == len(pending[ready].chunks):
-                    if task.done():
-                        task.result()  # the writer failed: raise its error
-                    queue.put_nowait((pending[ready], vectors[ready]))
-                    ready += 1
-
-            for i, p in enumerate(pending):
-                for c in p.chunks:
-                    batch.append((i, c.embed_text))
-                    if len(batch) == size:
-                        await flush(batch)
-                        batch = []
-            if batch:
-                await flush(batch)
+            items = [
+                (i, j, c.embed_text) for i, p in enumerate(pending) for j, c in enumerate(p.chunks)
+            ]
+            vectors: list[list[list[float]]] = [[[] for _ in p.chunks] for p in pending]
+            left = [len(p.chunks) for p in pending]
+            ready = 0  # documents handed to the writer so far
+            # Within a window of a few batches, texts of similar length share a batch:
+            # less padding per forward pass (sentence-transformers sorts a whole input
+            # the same way), while finished documents still reach the writer early.
+            window = size * WINDOW_BATCHES
+            for w in range(0, len(items), window):
+                part = sorted(items[w : w + window], key=lambda x: -len(x[2]))
+                for b in range(0, len(part), size):
+                    batch = part[b : b + size]
+                    result = await self.embed(col.embedding_model, [t for _, _, t in batch])
+                    for (i, j, _), vec in zip(batch, result.vectors, strict=True):
+                        if len(vec) != col.dimensions:
+                            raise StrataError(
+                                f"the embedding model '{col.embedding_model}' now returns "
+                                f"{len(vec)}-dimensional vectors; the collection holds "
+                                f"{col.dimensions}: recreate it to change models"
+                            )
+                        vectors[i][j] = vec
+                        left[i] -= 1
+                    while ready < len(pending) and left[ready] == 0:
+                        if task.done():
+                            task.result()  # the writer failed: raise its error
+                        queue.put_nowait((pending[ready], vectors[ready]))
+                        ready += 1
             queue.put_nowait(None)
             await task
         finally:

@@ -29,7 +29,7 @@ class EncryptedStore:
 def encrypted_stores() -> list[EncryptedStore]:
     # Imported here: the repositories import strata.security.crypto.
     from strata.files import rotation as files_rotation
-    from strata.storage.repositories import semantic_cache, usage
+    from strata.storage.repositories import rag, semantic_cache, usage
 
     return [
         EncryptedStore(
@@ -41,4 +41,6 @@ def encrypted_stores() -> list[EncryptedStore]:
         EncryptedStore("usage_records.end_user", usage.reencrypt_end_users, usage.end_user_key_ids),
         # Files (names, contents), batch metadata and batch result lines.
         EncryptedStore("files", files_rotation.reencrypt_batch, files_rotation.key_ids_in_use),
+        # RAG documents and their chunks (source, text, metadata, chunk text, headings).
+        EncryptedStore("rag", rag.reencrypt_batch, rag.key_ids_in_use, rag.available),
     ]

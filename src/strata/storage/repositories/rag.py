@@ -325,9 +325,11 @@ async def vector_search(
     where, params = _filters(filters, 4)
     cast = f"vector({d})" if d <= HNSW_MAX_DIMS else "vector"
     async with conn.transaction():
-        await conn.execute(f"SET LOCAL hnsw.ef_search = {max(int(ef_search), int(limit))}")
-        if iterative:
-            await conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+        # One round trip (simple query protocol: several statements, no parameters).
+        await conn.execute(
+            f"SET LOCAL hnsw.ef_search = {max(int(ef_search), int(limit))}"
+            + ("; SET LOCAL hnsw.iterative_scan = relaxed_order" if iterative else "")
+        )
         rows = await conn.fetch(
             f"SELECT id, embedding::{cast} <=> $1::text::{cast} AS dist FROM rag_chunks "
             f"WHERE collection_id = $2 AND dims = {d}{where} "
