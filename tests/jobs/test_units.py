@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import pytest
@@ -11,7 +11,8 @@ import pytest
 from strata.errors import InvalidRequest
 from strata.files.validate import lines, validate_batch_file
 from strata.jobs.config import BatchSettings
-from strata.jobs.execute import Executor, _apportion
+from strata.jobs.execute import Executor
+from strata.jobs.results import apportion
 
 
 def _embed(n: int, text: str = "a b", model: str = "m", **extra: Any) -> bytes:
@@ -24,7 +25,7 @@ def _embed(n: int, text: str = "a b", model: str = "m", **extra: Any) -> bytes:
 def _executor(group: int = 32, endpoint: str = "/v1/embeddings") -> Executor:
     rt = SimpleNamespace(settings=SimpleNamespace(batch=BatchSettings(embed_group=group)))
     batch = SimpleNamespace(id="batch_x", endpoint=endpoint)
-    return Executor(rt, None, None, batch)
+    return Executor(rt, cast(Any, None), cast(Any, None), cast(Any, batch))
 
 
 def test_embedding_requests_group_up_to_the_cap_per_model_and_options() -> None:
@@ -57,7 +58,7 @@ def test_chat_lines_and_wrong_endpoint_are_never_grouped() -> None:
     ("total", "weights"), [(100, [1, 1, 1]), (7, [5, 1, 1, 1]), (0, [3, 4]), (33, [10] * 32)]
 )
 def test_token_shares_sum_exactly(total: int, weights: list[int]) -> None:
-    parts = _apportion(total, weights)
+    parts = apportion(total, weights)
     assert sum(parts) == total and all(p >= 0 for p in parts)
     assert max(parts) - min(parts) <= 1 or len(set(weights)) > 1
 
@@ -85,7 +86,8 @@ def test_local_models_get_one_batch_request_at_a_time() -> None:
         settings=SimpleNamespace(batch=BatchSettings(concurrency_per_deployment=8), models=spec),
         providers={"local": local, "r": remote},
     )
-    ex = Executor(rt, None, None, SimpleNamespace(id="b", endpoint="/v1/embeddings"))
+    batch = cast(Any, SimpleNamespace(id="b", endpoint="/v1/embeddings"))
+    ex = Executor(rt, cast(Any, None), cast(Any, None), batch)
     assert ex._sem("loc")._value == 1
     assert ex._sem("api")._value == 16  # 8 per deployment
     local.queue.shutdown()

@@ -27,7 +27,8 @@ import orjson
 from strata.files import store
 from strata.files.store import crypto_of
 from strata.files.validate import Line, lines
-from strata.jobs.execute import Executor, result_line
+from strata.jobs.execute import Executor
+from strata.jobs.results import result_line
 from strata.security.keys import Principal
 from strata.storage.repositories import batches as repo
 

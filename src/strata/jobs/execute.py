@@ -26,10 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
-import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
@@ -41,6 +38,16 @@ from strata.gateway.chat import Controls
 from strata.gateway.meter import Meter
 from strata.gateway.schemas import ChatRequest, EmbeddingRequest, validate
 from strata.jobs.config import BatchSettings
+from strata.jobs.results import (
+    URL_KIND,
+    Capture,
+    Outcome,
+    apportion,
+    inputs_of,
+    request_id,
+    result_line,
+    usage_id,
+)
 from strata.security.crypto import Crypto
 from strata.security.keys import Principal
 from strata.storage.repositories import batches as repo
@@ -48,62 +55,6 @@ from strata.usage.pricing import QUANTUM
 from strata.usage.recorder import UsageEvent
 
 log = logging.getLogger("strata.jobs")
-
-# Usage record ids of batch requests: uuid5(batch id + line) under this namespace.
-USAGE_NS = uuid.UUID("6f1d7c1e-4b8a-4f43-9d0e-6a8f2b1c9e55")
-URL_KIND = {"/v1/chat/completions": "chat", "/v1/embeddings": "embeddings"}
-
-
-def usage_id(batch_id: str, line: int) -> uuid.UUID:
-    return uuid.uuid5(USAGE_NS, f"{batch_id}:{line}")
-
-
-def request_id(batch_id: str, line: int) -> str:
-    return f"{batch_id}:{line}"
-
-
-class _Capture:
-    """Stands in for the usage recorder: the meter's record is kept, not buffered, so
-    it can be written with the result (see the module docstring)."""
-
-    def __init__(self) -> None:
-        self.events: list[UsageEvent] = []
-
-    def record(self, event: UsageEvent) -> None:
-        self.events.append(event)
-
-
-@dataclass(slots=True)
-class Outcome:
-    """One line's result: the OpenAI result line, its usage, and a reservation."""
-
-    line: int
-    ok: bool
-    body: dict[str, Any]
-    events: list[UsageEvent] = field(default_factory=list)
-    settle: list[tuple[Any, Any, int, Decimal]] = field(default_factory=list)
-
-
-def result_line(
-    batch_id: str,
-    custom_id: str | None,
-    line: int,
-    status: int,
-    body: dict[str, Any] | None,
-    error: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """OpenAI's batch result line (output and error files share the shape)."""
-    response = (
-        None
-        if body is None
-        else {"status_code": status, "request_id": request_id(batch_id, line), "body": body}
-    )
-    return {
-        "id": "batch_req_" + secrets.token_hex(12),
-        "custom_id": custom_id,
-        "response": response,
-        "error": error,
-    }
 
 
 class Executor:
@@ -157,7 +108,7 @@ class Executor:
             if key is None:
                 out.append([ln])
                 continue
-            n = len(_inputs(ln.body))
+            n = len(inputs_of(ln.body))
             if key in groups and sizes[key] + n > cap:
                 out.append(groups.pop(key))
             if key in groups:
@@ -174,7 +125,7 @@ class Executor:
         if self.batch.endpoint != ln.url:  # reported by _single as a wrong url
             return None
         body = ln.body
-        inputs = _inputs(body)
+        inputs = inputs_of(body)
         if not inputs or not isinstance(body.get("model"), str):
             return None
         if set(body) - {"model", "input", "encoding_format", "dimensions", "user"}:
@@ -216,7 +167,7 @@ class Executor:
 
     # -- one request -----------------------------------------------------------------
 
-    def _meter(self, ln: Line, kind: str, capture: _Capture) -> Meter:
+    def _meter(self, ln: Line, kind: str, capture: Capture) -> Meter:
         meter = Meter(
             capture,  # type: ignore[arg-type]
             self.rt.pricer,
@@ -239,13 +190,13 @@ class Executor:
                 param="url",
             )
         if problem is not None or ln.url is None or ln.body is None:
-            capture = _Capture()
+            capture = Capture()
             meter = self._meter(ln, URL_KIND.get(ln.url or "", "chat"), capture)
             return self._failed(ln, meter, capture, problem or InvalidRequest("bad line"))
         kind = URL_KIND[ln.url]
         body = dict(ln.body)
         while not stop.is_set():
-            capture = _Capture()
+            capture = Capture()
             meter = self._meter(ln, kind, capture)
             try:
                 alias = body.get("model")
@@ -280,14 +231,14 @@ class Executor:
         result = await self.rt.embeddings.embed(body, meter)
         return result
 
-    def _ok(self, ln: Line, meter: Meter, capture: _Capture, out: dict[str, Any]) -> Outcome:
+    def _ok(self, ln: Line, meter: Meter, capture: Capture, out: dict[str, Any]) -> Outcome:
         admission, meter.admission = meter.admission, None  # settled after the commit
         meter.ok()
         o = Outcome(ln.number, True, result_line(self.batch.id, ln.custom_id, ln.number, 200, out))
         self._account(o, meter, capture, admission)
         return o
 
-    def _failed(self, ln: Line, meter: Meter, capture: _Capture, exc: StrataError) -> Outcome:
+    def _failed(self, ln: Line, meter: Meter, capture: Capture, exc: StrataError) -> Outcome:
         admission, meter.admission = meter.admission, None
         meter.failed(exc)
         o = Outcome(
@@ -298,7 +249,7 @@ class Executor:
         self._account(o, meter, capture, admission)
         return o
 
-    def _account(self, o: Outcome, meter: Meter, capture: _Capture, admission: Any) -> None:
+    def _account(self, o: Outcome, meter: Meter, capture: Capture, admission: Any) -> None:
         for e in capture.events:
             self._discount(e)
             o.events.append(e)
@@ -319,13 +270,13 @@ class Executor:
         texts: list[str] = []
         spans: list[tuple[int, int]] = []
         for ln in unit:
-            inputs = _inputs(ln.body)
+            inputs = inputs_of(ln.body)
             spans.append((len(texts), len(texts) + len(inputs)))
             texts.extend(inputs)
         body = {k: v for k, v in first.items() if k in ("model", "encoding_format", "dimensions")}
         body["input"] = texts
         while not stop.is_set():
-            capture = _Capture()
+            capture = Capture()
             meter = self._meter(unit[0], "embeddings", capture)
             try:
                 async with self._sem(body["model"]):
@@ -347,7 +298,7 @@ class Executor:
         return [None] * len(unit)
 
     def _group_failed(self, ln: Line, exc: StrataError) -> Outcome:
-        capture = _Capture()
+        capture = Capture()
         return self._failed(ln, self._meter(ln, "embeddings", capture), capture, exc)
 
     def _split(
@@ -357,14 +308,14 @@ class Executor:
         texts: list[str],
         out: dict[str, Any],
         meter: Meter,
-        capture: _Capture,
+        capture: Capture,
         admission: Any,
     ) -> list[Outcome | None]:
         """One grouped call back into one response and one usage record per line."""
         (group,) = capture.events
         total = group.prompt_tokens
         weights = [sum(len(t) for t in texts[a:b]) + 1 for a, b in spans]
-        shares = _apportion(total, weights)
+        shares = apportion(total, weights)
         results: list[Outcome] = []
         for ln, (a, b), tokens in zip(unit, spans, shares, strict=True):
             data = [dict(d, index=d["index"] - a) for d in out["data"][a:b]]
@@ -429,27 +380,6 @@ class Executor:
                 else:  # another worker stored this line: release, charge nothing
                     gate.finish(admission, tokens=0, cost_usd=Decimal(0))
         return len(stored)
-
-
-def _inputs(body: dict[str, Any] | None) -> list[str]:
-    if body is None:
-        return []
-    raw = body.get("input")
-    if isinstance(raw, str):
-        return [raw]
-    if isinstance(raw, list) and raw and all(isinstance(x, str) for x in raw):
-        return list(raw)
-    return []
-
-
-def _apportion(total: int, weights: list[int]) -> list[int]:
-    """``total`` split in proportion to ``weights``; the parts sum to ``total``."""
-    whole = sum(weights)
-    parts = [total * w // whole for w in weights]
-    rest = total - sum(parts)
-    for i in sorted(range(len(weights)), key=lambda i: -(total * weights[i] % whole))[:rest]:
-        parts[i] += 1
-    return parts
 
 
 def _drop(meter: Meter) -> None:
