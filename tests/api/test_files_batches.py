@@ -308,3 +308,26 @@ def test_local_embedding_batch_matches_live_vectors(bclient: openai.OpenAI) -> N
     batched = out["m7"]["data"][0]["embedding"]
     assert len(batched) == 384
     assert max(abs(x - y) for x, y in zip(live, batched, strict=True)) < 1e-4
+
+
+def test_lists_paginate_newest_first(
+    bserver: ServerThread,
+    new_key: Callable[..., NewKey],
+    sdk: Callable[[ServerThread, str], openai.OpenAI],
+) -> None:
+    client = sdk(bserver, new_key(tenant="pages-" + uuid.uuid4().hex[:6]).key)
+    ids = [upload(client, jsonl([chat_line(f"p{i}")])).id for i in range(3)]
+    first = client.files.list(limit=2)
+    assert [f.id for f in first.data] == ids[::-1][:2] and first.has_more
+    rest = client.files.list(limit=2, after=first.data[-1].id)
+    assert [f.id for f in rest.data] == [ids[0]] and not rest.has_more
+    assert [f.id for f in client.files.list(order="asc")] == ids
+    batches = [
+        client.batches.create(
+            input_file_id=i, endpoint="/v1/chat/completions", completion_window="24h"
+        ).id
+        for i in ids[:2]
+    ]
+    page = client.batches.list(limit=1)
+    assert [b.id for b in page.data] == [batches[1]] and page.has_more
+    assert [b.id for b in client.batches.list(limit=5, after=batches[1]).data] == [batches[0]]

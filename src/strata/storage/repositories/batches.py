@@ -31,6 +31,7 @@ from sqlalchemy import (
     func,
     select,
     text,
+    tuple_,
     update,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -158,17 +159,19 @@ async def list_batches(
     stmt = select(batches)
     if tenant_id is not None:
         stmt = stmt.where(batches.c.tenant_id == tenant_id)
-    if after is not None:
-        anchor = select(batches.c.created_at, batches.c.id).where(batches.c.id == after)
-        if tenant_id is not None:
-            anchor = anchor.where(batches.c.tenant_id == tenant_id)
-        a = anchor.subquery()
-        stmt = stmt.where(
-            func.row(batches.c.created_at, batches.c.id)
-            < select(func.row(a.c.created_at, a.c.id)).scalar_subquery()
-        )
-    stmt = stmt.order_by(batches.c.created_at.desc(), batches.c.id.desc()).limit(limit)
     async with engine.connect() as conn:
+        if after is not None:
+            anchor = (
+                await conn.execute(
+                    stmt.with_only_columns(batches.c.created_at, batches.c.id).where(
+                        batches.c.id == after
+                    )
+                )
+            ).first()
+            if anchor is None:  # an id this tenant does not have: nothing after it
+                return []
+            stmt = stmt.where(tuple_(batches.c.created_at, batches.c.id) < tuple(anchor))
+        stmt = stmt.order_by(batches.c.created_at.desc(), batches.c.id.desc()).limit(limit)
         return [_row(r) for r in (await conn.execute(stmt)).all()]
 
 

@@ -30,6 +30,7 @@ from sqlalchemy import (
     delete,
     func,
     select,
+    tuple_,
 )
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -139,18 +140,19 @@ async def list_files(
     if purpose is not None:
         stmt = stmt.where(files.c.purpose == purpose)
     desc = order != "asc"
-    if after is not None:
-        anchor = (
-            select(files.c.created_at, files.c.id)
-            .where(files.c.id == after, files.c.tenant_id == tenant_id)
-            .subquery()
-        )
-        key = func.row(files.c.created_at, files.c.id)
-        ref = func.row(anchor.c.created_at, anchor.c.id)
-        stmt = stmt.where(key < select(ref).scalar_subquery() if desc else key > ref)
     cols = (files.c.created_at, files.c.id)
-    stmt = stmt.order_by(*(c.desc() if desc else c.asc() for c in cols)).limit(limit)
     async with engine.connect() as conn:
+        if after is not None:
+            anchor = (
+                await conn.execute(
+                    select(*cols).where(files.c.id == after, files.c.tenant_id == tenant_id)
+                )
+            ).first()
+            if anchor is None:  # an id this tenant does not have: nothing after it
+                return []
+            key = tuple_(*cols)
+            stmt = stmt.where(key < tuple(anchor) if desc else key > tuple(anchor))
+        stmt = stmt.order_by(*(c.desc() if desc else c.asc() for c in cols)).limit(limit)
         return [_row(r) for r in (await conn.execute(stmt)).all()]
 
 
