@@ -11,10 +11,12 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from decimal import Decimal
 from pathlib import Path
 
 import openai
 import pytest
+import redis
 import yaml
 
 from strata.storage.repositories.keys import NewKey
@@ -82,15 +84,30 @@ def results_count(database_url: str, batch_id: str) -> int:
     return int(rows[0].n)
 
 
+def budget_spent(redis_url: str, subject: str) -> Decimal:
+    """Today's settled spend of a user, from the budget's Redis hash (1e-10 USD units)."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(match=f"strata:budget:*{subject}:d:*"))
+        assert keys, "no budget spend recorded"
+        return sum((Decimal(int(client.hget(k, "spent") or 0)) for k in keys), Decimal(0)) / (
+            Decimal(10) ** 10
+        )
+    finally:
+        client.close()
+
+
 def test_sigkill_mid_batch_then_another_worker_finishes(
     api_server: ServerThread,
     new_key: Callable[..., NewKey],
     sdk: Callable[[ServerThread, str], openai.OpenAI],
     worker_env: dict[str, str],
     database_url: str,
+    redis_url: str,
     tmp_path: Path,
 ) -> None:
-    client = sdk(api_server, new_key(tenant="acme", user="sigkill").key)
+    user = "sigkill-" + uuid.uuid4().hex[:8]
+    client = sdk(api_server, new_key(tenant="acme", user=user).key)
     f = client.files.create(
         file=("in.jsonl", jsonl([chat_line(f"k{i}", model="fake-slow2") for i in range(N)])),
         purpose="batch",
@@ -132,5 +149,10 @@ def test_sigkill_mid_batch_then_another_worker_finishes(
     ids = [u.request_id for u in usage]
     assert len(ids) == N and len(set(ids)) == N, "a request was charged twice or not at all"
     assert {u.status for u in usage} == {"ok"}
+    # The budget is charged from the same commits: never twice (spent <= the records),
+    # and short by at most the chunk the kill cut between its commit and its charge.
+    total = sum(u.cost_usd for u in usage)
+    spent = budget_spent(redis_url, f"acme/{user}")
+    assert total - 4 * max(u.cost_usd for u in usage) <= spent <= total
     owners = query(database_url, "SELECT lease_owner FROM batches WHERE id = :b", b=batch.id)
     assert owners[0].lease_owner is None  # released on completion
