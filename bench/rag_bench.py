@@ -43,6 +43,7 @@ QUERIES = ROOT / "bench" / "rag" / "queries.jsonl"
 # Per-dimension noise on unit 384-d vectors: cosine to the source about 0.65.
 NOISE_SIGMA = 0.06
 LOAD_BATCH = 5000
+BUILD_TIMEOUT_S = 1200
 INGEST_TARGET = 0.80
 LATENCY_TARGET_MS = 20.0
 
@@ -203,12 +204,16 @@ async def _fill(rag: Any, col: Any, total: int) -> int:
     t0 = time.perf_counter()
     async with _connection(rag.engine) as conn:
         await conn.execute("SET maintenance_work_mem = '1GB'")
+        # Index builds take minutes at 100k rows: past the engine's command timeout.
         await conn.execute(
             "CREATE INDEX ix_rag_chunks_hnsw_384 ON rag_chunks "
-            "USING hnsw ((embedding::vector(384)) vector_cosine_ops) WHERE dims = 384"
+            "USING hnsw ((embedding::vector(384)) vector_cosine_ops) WHERE dims = 384",
+            timeout=BUILD_TIMEOUT_S,
         )
-        await conn.execute("CREATE INDEX ix_rag_chunks_tsv ON rag_chunks USING gin (tsv)")
-        await conn.execute("ANALYZE rag_chunks")
+        await conn.execute(
+            "CREATE INDEX ix_rag_chunks_tsv ON rag_chunks USING gin (tsv)", timeout=BUILD_TIMEOUT_S
+        )
+        await conn.execute("ANALYZE rag_chunks", timeout=BUILD_TIMEOUT_S)
     print(f"  indexes built in {time.perf_counter() - t0:.0f} s", flush=True)
     return have
 
