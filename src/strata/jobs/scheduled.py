@@ -13,8 +13,11 @@ SAQ deduplicates cron jobs by key):
   Servers also run it on their own timer (``retention.interval_s``); both only
   share the work, so a deployment without workers still purges.
 
-Alert evaluation needs no schedule: budget alerts fire when a settle crosses a
-threshold (strata.limits.budget), in whichever process settles.
+* ``evaluate_alerts`` (every ``alerts.daily_check_interval_s``, at most a minute
+  apart; only with ``alerts.daily_alert_usd``): today's deployment-wide spend from
+  the usage records against the daily alert (the dispatcher's own dedupe makes
+  it fire once a day). Budget alerts need no schedule: they fire when a settle
+  crosses a threshold (strata.limits.budget), in whichever process settles.
 """
 
 from __future__ import annotations
@@ -24,9 +27,11 @@ from typing import Any
 
 from saq import CronJob
 
+from strata.alerts.dispatcher import today_start
 from strata.jobs.batch import BatchRunner
 from strata.jobs.queue import enqueue_batch
 from strata.privacy.retention import purge
+from strata.storage.repositories import alerts as alert_repo
 from strata.storage.repositories import batches as batch_repo
 
 log = logging.getLogger("strata.jobs")
@@ -62,7 +67,15 @@ async def purge_retention(ctx: Any) -> dict[str, int]:
     return counts
 
 
-FUNCTIONS: list[Any] = [run_batch, reconcile_batches, purge_retention]
+async def evaluate_alerts(ctx: Any) -> str:
+    rt = ctx["runtime"]
+    now = rt.alerts.clock()
+    spent = await alert_repo.spend_since(rt.engine, today_start(now))
+    await rt.alerts.check_daily_spend(spent, now)
+    return str(spent)
+
+
+FUNCTIONS: list[Any] = [run_batch, reconcile_batches, purge_retention, evaluate_alerts]
 
 
 def cron_jobs(settings: Any) -> list[CronJob[Any]]:
@@ -70,4 +83,8 @@ def cron_jobs(settings: Any) -> list[CronJob[Any]]:
     jobs = [CronJob(reconcile_batches, cron=f"* * * * * */{every}", timeout=60)]
     if settings.retention.enabled:
         jobs.append(CronJob(purge_retention, cron="17 * * * *", timeout=3600))
+    if settings.alerts.daily_alert_usd is not None:
+        seconds = max(1, int(settings.alerts.daily_check_interval_s))
+        cron = f"* * * * * */{seconds}" if seconds < 60 else "* * * * *"
+        jobs.append(CronJob(evaluate_alerts, cron=cron, timeout=60))
     return jobs
