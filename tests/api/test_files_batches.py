@@ -331,3 +331,22 @@ def test_lists_paginate_newest_first(
     page = client.batches.list(limit=1)
     assert [b.id for b in page.data] == [batches[1]] and page.has_more
     assert [b.id for b in client.batches.list(limit=5, after=batches[1]).data] == [batches[0]]
+
+
+def test_uploads_have_their_own_size_limit(
+    bclient: openai.OpenAI,
+    bserver: ServerThread,
+    start_server: Callable[..., ServerThread],
+    api_key: NewKey,
+    sdk: Callable[[ServerThread, str], openai.OpenAI],
+) -> None:
+    # Past the 8 MiB body limit of other endpoints: files have OpenAI's 200 MB.
+    big = jsonl([chat_line(f"b{i}", text_="x" * 50_000) for i in range(190)])
+    assert len(big) > bserver.settings.max_body_bytes
+    assert upload(bclient, big).bytes == len(big)
+    small = sdk(start_server(batch={"max_file_bytes": 1000}), api_key.key)
+    with pytest.raises(openai.BadRequestError, match="the limit is 1000"):
+        upload(small, jsonl([chat_line(f"s{i}") for i in range(20)]))
+    with pytest.raises(openai.APIStatusError) as err:  # far past it: refused while reading
+        upload(small, b"x" * 200_000)
+    assert err.value.status_code == 413
