@@ -156,3 +156,42 @@ def test_sigkill_mid_batch_then_another_worker_finishes(
     assert total - 4 * max(u.cost_usd for u in usage) <= spent <= total
     owners = query(database_url, "SELECT lease_owner FROM batches WHERE id = :b", b=batch.id)
     assert owners[0].lease_owner is None  # released on completion
+
+
+def test_sigterm_commits_and_hands_the_batch_over(
+    api_server: ServerThread,
+    new_key: Callable[..., NewKey],
+    sdk: Callable[[ServerThread, str], openai.OpenAI],
+    worker_env: dict[str, str],
+    database_url: str,
+    tmp_path: Path,
+) -> None:
+    """A spot node's notice: the worker commits its chunk in flight, releases the lease
+    and exits within jobs.shutdown_grace_s, leaving the rest for another worker."""
+    client = sdk(api_server, new_key(tenant="acme", user="sigterm-" + uuid.uuid4().hex[:6]).key)
+    f = client.files.create(
+        file=("in.jsonl", jsonl([chat_line(f"t{i}", model="fake-slow2") for i in range(N)])),
+        purpose="batch",
+    )
+    batch = client.batches.create(
+        input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    log = tmp_path / "worker.log"
+    proc = start_worker(worker_env, log)
+    try:
+        deadline = time.monotonic() + 90
+        while results_count(database_url, batch.id) < 8:
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "the worker made no progress"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    row = query(database_url, "SELECT status, lease_owner, completed FROM batches WHERE id = :b",
+                b=batch.id)[0]  # fmt: skip
+    done = results_count(database_url, batch.id)
+    assert row.status == "in_progress" and row.lease_owner is None  # handed over at once
+    assert 8 <= done < N and row.completed == done
+    assert len(usage_of(database_url, batch.id)) == done  # the chunk in flight committed whole

@@ -63,11 +63,14 @@ class BatchRunner:
         owner: str,
         heartbeat: Heartbeat | None = None,
         offload: Offload | None = None,
+        draining: asyncio.Event | None = None,
     ) -> None:
+        """``draining``: set when the worker shuts down (stop after this chunk)."""
         self.rt = rt
         self.owner = owner
         self.heartbeat = heartbeat
         self.offload = offload
+        self.draining = draining
         self.lease_s = rt.settings.batch.lease_s
 
     async def run(self, batch_id: str) -> str:
@@ -100,6 +103,8 @@ class BatchRunner:
         last = asyncio.get_running_loop().time()
         while True:
             await asyncio.sleep(min(1.0, renew_every))
+            if self.draining is not None and self.draining.is_set():
+                stop.set()  # the worker is shutting down: commit and hand over
             now = asyncio.get_running_loop().time()
             try:
                 if now - last >= renew_every:

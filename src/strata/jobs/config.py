@@ -27,6 +27,10 @@ class JobsSettings(BaseModel):
     sweep_s: int = Field(default=10, gt=0)
     # Re-enqueue unfinished batches whose lease lapsed (a lost job), every this often.
     reconcile_s: int = Field(default=30, gt=0)
+    # On SIGTERM a worker stops taking jobs, has its batches commit the chunk in
+    # flight and release their leases, and waits this long for that (keep it under
+    # the platform's kill deadline: a spot node's notice, terminationGracePeriodSeconds).
+    shutdown_grace_s: int = Field(default=25, gt=0)
 
 
 class BatchSettings(BaseModel):

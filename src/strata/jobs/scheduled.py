@@ -45,7 +45,7 @@ async def run_batch(ctx: Any, *, batch_id: str) -> str:
         if job is not None:
             await job.update()
 
-    runner = BatchRunner(rt, ctx["owner"], heartbeat, ctx.get("offload"))
+    runner = BatchRunner(rt, ctx["owner"], heartbeat, ctx.get("offload"), ctx.get("draining"))
     return await runner.run(batch_id)
 
 

@@ -44,8 +44,10 @@ def build(rt: Any, *, ray: bool = False, concurrency: int | None = None) -> Work
         functions=FUNCTIONS,
         concurrency=concurrency or settings.jobs.concurrency,
         cron_jobs=cron_jobs(settings),
-        timers={"sweep": settings.jobs.sweep_s, "abort": 1, "schedule": 1, "worker_info": 10},
-        shutdown_grace_period_s=5,
+        timers={"sweep": settings.jobs.sweep_s, "abort": 1, "schedule": 1, "worker_info": 5},
+        shutdown_grace_period_s=settings.jobs.shutdown_grace_s,
+        # Wake from an empty queue every second: a draining worker exits promptly.
+        dequeue_timeout=1,
         metadata={"owner": owner, "ray": ray},
     )
     offload = None
@@ -53,8 +55,19 @@ def build(rt: Any, *, ray: bool = False, concurrency: int | None = None) -> Work
         from strata.jobs.ray_exec import RayOffload
 
         offload = RayOffload(settings)
-    worker.context.update(runtime=rt, owner=owner, offload=offload, queue=queue)
+    worker.context.update(
+        runtime=rt, owner=owner, offload=offload, queue=queue, draining=asyncio.Event()
+    )
     return worker
+
+
+async def drain(worker: Worker) -> None:
+    """Stop taking jobs; running batches commit their chunk in flight, release their
+    leases and return (the reconcile job hands them to another worker), within
+    ``jobs.shutdown_grace_s``; anything still running then is cancelled."""
+    worker.context["draining"].set()
+    with contextlib.suppress(Exception):
+        await worker.stop()
 
 
 class InProcessWorker:
@@ -68,8 +81,7 @@ class InProcessWorker:
         self._task = asyncio.get_running_loop().create_task(self.worker.start())
 
     async def stop(self) -> None:
-        with contextlib.suppress(Exception):
-            await self.worker.stop()
+        await drain(self.worker)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -95,8 +107,8 @@ async def serve(settings: Settings, *, ray: bool = False) -> None:
     try:
         await stop.wait()
     finally:
-        with contextlib.suppress(Exception):
-            await worker.stop()
+        log.info("worker %s draining", worker.context["owner"])
+        await drain(worker)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
