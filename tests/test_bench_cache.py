@@ -53,7 +53,9 @@ def test_check_cache() -> None:
 
 
 def test_mode_choices() -> None:
-    assert ALL_MODES == ["non-streaming", "streaming", "cache-exact", "cache-semantic", "batch"]
+    assert ALL_MODES == [
+        "non-streaming", "streaming", "cache-exact", "cache-semantic", "batch", "rag"
+    ]  # fmt: skip
     for mode in ("cache-exact", "cache-semantic", "batch", "all"):
         assert parse_args(["--mode", mode]).mode == mode
     assert make_plan(parse_args(["--quick"])).semantic_pairs == 50
