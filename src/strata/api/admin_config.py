@@ -1,5 +1,10 @@
 """POST /v1/admin/config/reload: re-read the config file and apply what can change
-without a restart (see strata.reload). Admin key required; audited."""
+without a restart (see strata.reload). Audited.
+
+The config is deployment-wide: like alias limits, a reload is open to any admin key
+(an admin key is an operator's; tenants that must not reload the operator's file
+get keys without the ``admin`` scope). It only re-reads the file the operator
+wrote: the caller supplies nothing."""
 
 from __future__ import annotations
 

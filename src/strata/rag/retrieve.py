@@ -8,6 +8,7 @@ embedding, no similarity floor; for evaluation and keyword lookups).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -115,12 +116,27 @@ async def search(
     n = max(s.candidates, k)
     out = SearchResult()
 
-    vector: list[float] | None = None
-    if mode != "lexical":
-        t0 = time.perf_counter()
-        with tracing.span("rag.embed", {"strata.rag.collection": col.id}):
-            vector = (await rag.embed(col.embedding_model, [query])).vectors[0]
-        out.embed_ms = (time.perf_counter() - t0) * 1000
+    async def by_text() -> list[tuple[int, float]]:
+        async with _connection(rag.engine) as conn:
+            q = await tsquery(conn, rag.lexicon, query)
+            return await repo.lexical_search(conn, col.id, q, n, hashed) if q else []
+
+    # Full-text search needs no embedding: it runs in PostgreSQL while the query
+    # embeds here (hybrid latency: the longer of the two, not their sum).
+    lexical = asyncio.ensure_future(by_text()) if mode != "vector" else None
+    try:
+        vector: list[float] | None = None
+        if mode != "lexical":
+            t0 = time.perf_counter()
+            with tracing.span("rag.embed", {"strata.rag.collection": col.id}):
+                vector = (await rag.embed(col.embedding_model, [query])).vectors[0]
+            out.embed_ms = (time.perf_counter() - t0) * 1000
+    except BaseException:
+        if lexical is not None:
+            lexical.cancel()
+            with contextlib.suppress(BaseException):
+                await lexical
+        raise
 
     t1 = time.perf_counter()
     with tracing.span("rag.retrieve", {"strata.rag.mode": mode}) as span:
@@ -133,16 +149,12 @@ async def search(
                 conn, col.id, col.dimensions, vector, n, hashed, s.ef_search, iterative
             )
 
-        async def by_text() -> list[tuple[int, float]]:
-            if mode == "vector":
-                return []
-            async with _connection(rag.engine) as conn:
-                q = await tsquery(conn, rag.lexicon, query)
-                return await repo.lexical_search(conn, col.id, q, n, hashed) if q else []
+        async def by_text_result() -> list[tuple[int, float]]:
+            return await lexical if lexical is not None else []
 
         # Both retrievers at once, on two connections; the first also fetches.
         async with _connection(rag.engine) as conn:
-            vec, lex = await asyncio.gather(by_vector(conn), by_text())
+            vec, lex = await asyncio.gather(by_vector(conn), by_text_result())
             vrank = {cid: i for i, (cid, _) in enumerate(vec, 1)}
             lrank = {cid: i for i, (cid, _) in enumerate(lex, 1)}
             fused = rrf([[c for c, _ in vec], [c for c, _ in lex]])
