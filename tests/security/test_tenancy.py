@@ -36,6 +36,7 @@ class Tenant:
     admin: NewKey
     member: NewKey
     marker: str = ""
+    end_user: str = ""
     ids: list[str] = field(default_factory=list)
     rag: dict[str, str] = field(default_factory=dict)  # its collection and document ids
     batch: dict[str, str] = field(default_factory=dict)  # its file and batch ids
@@ -57,7 +58,10 @@ def tenants(server: ServerThread, new_key: Callable[..., NewKey]) -> tuple[Tenan
         member=new_key(tenant=b_id, user=f"b-user-{suffix}"),
     )
     # A's data: usage (a chat), limits and budgets of its own, audit entries.
-    ok = call(server, a.member, "POST", "/v1/chat/completions", chat_body(a.marker))
+    # ... sent on behalf of an end user (OpenAI's `user`), recorded encrypted.
+    a.end_user = f"end-user-{suffix}@example.com"
+    body = {**chat_body(a.marker), "user": a.end_user}
+    ok = call(server, a.member, "POST", "/v1/chat/completions", body)
     assert ok.status_code == 200, ok.text
     for path, body in (
         (f"/v1/admin/limits/key/{a.member.id}", {"requests_per_minute": 77}),
@@ -101,6 +105,7 @@ def tenants(server: ServerThread, new_key: Callable[..., NewKey]) -> tuple[Tenan
         a.admin.key,
         a.member.key[:16],
         a.marker,
+        a.end_user,
     ]
     a.ids += list(a.batch.values())  # A's file and batch ids: never in B's answers
     return a, b
@@ -132,6 +137,13 @@ def call(
 ROWS: list[tuple[str, str, str, Any, set[int]]] = [
     ("usage of a foreign user", "GET", "/v1/usage?user={a_user}", None, {200, 403, 404}),
     ("usage (whole tenant)", "GET", "/v1/usage", None, {200}),
+    ("usage of a foreign end user", "GET", "/v1/usage?end_user={a_end_user}", None, {200}),
+    ("usage by end user", "GET", "/v1/usage?group_by=end_user", None, {200}),
+    ("export a foreign end user", "GET", "/v1/admin/privacy/{a}/end-users/{a_end_user}/export",
+     None, {403}),
+    ("erase a foreign end user", "POST", "/v1/admin/privacy/{a}/end-users/{a_end_user}/erase",
+     None, {403}),
+    ("config reload", "POST", "/v1/admin/config/reload", None, {400}),
     ("limits of a foreign key", "GET", "/v1/admin/limits/key/{a_key}", None, {403, 404}),
     ("set limits of a foreign key", "PUT", "/v1/admin/limits/key/{a_key}",
      {"requests_per_minute": 1}, {403, 404}),
@@ -193,6 +205,7 @@ def fill(template: str, a: Tenant) -> str:
     return template.format(
         a=a.id,
         a_user=a.member.user_id,
+        a_end_user=a.end_user,
         a_key=a.member.id,
         a_col=a.rag.get("col", ""),
         a_col_name=a.rag.get("name", ""),
