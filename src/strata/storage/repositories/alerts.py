@@ -8,7 +8,7 @@ that channel; every other insert is a no-op.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -139,9 +139,10 @@ async def list_deliveries(
 
 
 async def spend_since(engine: AsyncEngine, since: datetime) -> Decimal:
-    """Deployment-wide recorded spend since ``since`` (all tenants)."""
+    """Deployment-wide recorded spend (all tenants) in the UTC day that starts at
+    ``since``; records dated later (a clock ahead) belong to their own day."""
     stmt = sa.select(sa.func.coalesce(sa.func.sum(UsageRecord.cost_usd), 0)).where(
-        UsageRecord.created_at >= since
+        UsageRecord.created_at >= since, UsageRecord.created_at < since + timedelta(days=1)
     )
     async with engine.connect() as conn:
         return Decimal((await conn.execute(stmt)).scalar_one())
