@@ -82,6 +82,16 @@ def tenants(server: ServerThread, new_key: Callable[..., NewKey]) -> tuple[Tenan
     )
     assert doc.status_code == 200, doc.text
     a.rag = {"col": col.json()["id"], "name": "kb-" + suffix, "doc": doc.json()["data"][0]["id"]}
+    # ... and a background upload (no worker runs here: it stays queued).
+    ing = call(
+        server,
+        a.member,
+        "POST",
+        f"/v1/rag/collections/{a.rag['col']}/documents?background=true",
+        {"text": f"Queued for later. {a.marker}", "source": a.marker + "-bg"},
+    )
+    assert ing.status_code == 202, ing.text
+    a.rag["ing"] = ing.json()["id"]
     # A's batch input file (its name and content hold the marker) and a batch on it.
     line = {"custom_id": a.marker, "method": "POST", "url": "/v1/chat/completions",
             "body": chat_body(a.marker)}  # fmt: skip
@@ -108,6 +118,7 @@ def tenants(server: ServerThread, new_key: Callable[..., NewKey]) -> tuple[Tenan
         a.end_user,
     ]
     a.ids += list(a.batch.values())  # A's file and batch ids: never in B's answers
+    a.ids.append(a.rag["ing"])
     return a, b
 
 
@@ -177,6 +188,9 @@ ROWS: list[tuple[str, str, str, Any, set[int]]] = [
     ("rag document", "GET", "/v1/rag/collections/{a_col}/documents/{a_doc}?include_text=true",
      None, {404}),
     ("add rag document", "POST", "/v1/rag/collections/{a_col}/documents", {"text": "x"}, {404}),
+    ("add rag document in background", "POST",
+     "/v1/rag/collections/{a_col}/documents?background=true", {"text": "x"}, {404}),
+    ("rag ingestion", "GET", "/v1/rag/collections/{a_col}/ingestions/{a_ing}", None, {404}),
     ("delete rag document", "DELETE", "/v1/rag/collections/{a_col}/documents/{a_doc}", None,
      {404}),
     ("rag search", "POST", "/v1/rag/collections/{a_col}/search", {"query": "reset password"},
@@ -210,6 +224,7 @@ def fill(template: str, a: Tenant) -> str:
         a_col=a.rag.get("col", ""),
         a_col_name=a.rag.get("name", ""),
         a_doc=a.rag.get("doc", ""),
+        a_ing=a.rag.get("ing", ""),
         a_file=a.batch.get("file", ""),
         a_batch=a.batch.get("batch", ""),
     )

@@ -22,6 +22,7 @@ from strata.storage.repositories import alerts as _alerts  # noqa: F401  (its ta
 from strata.storage.repositories import batches as _batches  # noqa: F401  (its tables)
 from strata.storage.repositories import files as _files  # noqa: F401  (its tables)
 from strata.storage.repositories import limits as _limits  # noqa: F401  (its tables)
+from strata.storage.repositories import rag_ingestions as _ingestions  # noqa: F401  (its table)
 
 TABLES = {"tenants", "users", "api_keys", "usage_records"}
 

@@ -5,6 +5,8 @@
     GET    /v1/rag/collections/{collection_id}                 one (id or name)
     DELETE /v1/rag/collections/{collection_id}                 with its documents and vectors
     POST   /v1/rag/collections/{collection_id}/documents       JSON or multipart upload
+                       (?background=true, or past rag.background_bytes: 202, a job)
+    GET    /v1/rag/collections/{collection_id}/ingestions/{ingestion_id}   its status
     GET    /v1/rag/collections/{collection_id}/documents       ?limit=&after=
     GET    /v1/rag/collections/{collection_id}/documents/{document_id}   ?include_text=true
     DELETE /v1/rag/collections/{collection_id}/documents/{document_id}
@@ -18,6 +20,7 @@ use them; another tenant's collection is a 404, whether or not it exists.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import orjson
@@ -31,7 +34,9 @@ from strata.api.sse import SSEResponse
 from strata.errors import InvalidRequest, ServiceUnavailable, StrataError
 from strata.gateway.chat import Controls
 from strata.gateway.schemas import validate
+from strata.jobs.queue import enqueue_ingestion, make_queue
 from strata.observability.logging import request_id_var
+from strata.rag import background
 from strata.rag import extract as ex
 from strata.rag.config import MAX_TOP_K, ChunkingSettings, MetaType
 from strata.rag.retrieve import search
@@ -39,8 +44,10 @@ from strata.rag.service import DocumentInput, RagService
 from strata.runtime import Runtime
 from strata.security.keys import Principal
 from strata.storage.repositories import rag as repo
+from strata.storage.repositories import rag_ingestions as ingestion_repo
 from strata.util import json_response
 
+log = logging.getLogger("strata.rag")
 router = APIRouter()
 PREFIX = "/v1/rag/collections"
 MAX_DOCUMENTS_PER_REQUEST = 100
@@ -163,11 +170,24 @@ async def delete_collection(
     return json_response({"object": "rag.collection.deleted", "id": col.id, "deleted": True})
 
 
-async def _uploads(request: Request, max_bytes: int) -> list[DocumentInput]:
+def _flag(value: Any, name: str = "background") -> bool:
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, str) and value.lower() in ("true", "1", "false", "0", ""):
+        return value.lower() in ("true", "1")
+    raise InvalidRequest(f"{name} must be true or false", param=name)
+
+
+async def _uploads(request: Request, max_bytes: int) -> tuple[list[DocumentInput], bool]:
+    """The documents, and whether the client asked for a background ingestion."""
+    asked = _flag(request.query_params.get("background"))
     ctype = request.headers.get("content-type", "")
     if ctype.startswith("multipart/form-data"):
-        return await _multipart(request, max_bytes)
+        return await _multipart(request, max_bytes), asked
     body = await _json(request)
+    if isinstance(body, dict) and "background" in body:
+        body = dict(body)
+        asked = _flag(body.pop("background")) or asked
     items = body.get("documents") if isinstance(body, dict) and "documents" in body else [body]
     if not isinstance(items, list) or not items:
         raise InvalidRequest("documents must be a non-empty list", param="documents")
@@ -184,7 +204,7 @@ async def _uploads(request: Request, max_bytes: int) -> list[DocumentInput]:
                 param="format",
             )
         out.append(DocumentInput(doc.text.encode(), doc.format, doc.source, doc.metadata))
-    return out
+    return out, asked
 
 
 async def _multipart(request: Request, max_bytes: int) -> list[DocumentInput]:
@@ -233,9 +253,44 @@ async def add_documents(
 ) -> Response:
     rag = _rag(rt, principal)
     col = await _db(rag.collection(principal.tenant_id, collection_id))
-    docs = await _uploads(request, rag.settings.max_document_bytes)
+    docs, asked = await _uploads(request, rag.settings.max_document_bytes)
+    if background.should_run_in_background(rag, docs, asked):
+        return await _in_background(request, rt, rag, principal, col, docs)
     results = await _db(rag.ingest(col, principal.user_id, docs))
     return json_response({"object": "list", "data": [r.to_json() for r in results]})
+
+
+async def _in_background(
+    request: Request,
+    rt: Runtime,
+    rag: RagService,
+    principal: Principal,
+    col: repo.CollectionRow,
+    docs: list[DocumentInput],
+) -> Response:
+    row = await _db(background.start(rag, principal, col, docs, rt.settings.jobs.queue))
+    queue = getattr(request.app.state, "jobs_queue", None)
+    try:
+        if queue is None:
+            queue = request.app.state.jobs_queue = make_queue(rt.settings)
+        await enqueue_ingestion(queue, rt.settings, row.id)
+    except Exception as exc:  # recorded: the reconcile job queues it once Redis answers
+        log.warning("rag ingestion %s not queued yet (%s)", row.id, type(exc).__name__)
+    return json_response(background.to_json(rag.crypto, row), status=202)
+
+
+@router.get(PREFIX + "/{collection_id}/ingestions/{ingestion_id}")
+async def get_ingestion(
+    rt: RuntimeDep, principal: PrincipalDep, collection_id: str, ingestion_id: str
+) -> Response:
+    rag = _rag(rt, principal)
+    col = await _db(rag.collection(principal.tenant_id, collection_id))
+    row = await _db(ingestion_repo.get(rag.engine, principal.tenant_id, ingestion_id))
+    if row is None or row.collection_id != col.id:
+        from strata.errors import NotFound
+
+        raise NotFound(f"no ingestion '{ingestion_id}' in this collection", param="ingestion_id")
+    return json_response(background.to_json(rag.crypto, row))
 
 
 @router.get(PREFIX + "/{collection_id}/documents")

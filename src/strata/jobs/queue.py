@@ -29,6 +29,7 @@ JOB_TTL_S = 86_400
 # A batch job is retried this often after its worker died (each retry resumes where
 # the last stopped, so many are harmless); a batch that keeps killing workers stops.
 BATCH_RETRIES = 20
+INGEST_RETRIES = 3
 
 
 class _SetexAsSet:
@@ -68,6 +69,25 @@ async def enqueue_batch(queue: Queue, settings: Settings, batch_id: str) -> Job 
         timeout=0,  # batches run for hours; the heartbeat tells a dead worker
         heartbeat=settings.jobs.heartbeat_s,
         retries=BATCH_RETRIES,
+        ttl=JOB_TTL_S,
+    )
+    return await queue.enqueue(job)
+
+
+def ingestion_key(ingestion_id: str) -> str:
+    return f"rag-ingest:{ingestion_id}"
+
+
+async def enqueue_ingestion(queue: Queue, settings: Settings, ingestion_id: str) -> Job | None:
+    """Queue a background RAG ingestion's job (a no-op while one for it is queued or
+    running). Retries are cheap: documents already written are skipped by hash."""
+    job = Job(
+        "ingest_documents",
+        kwargs={"ingestion_id": ingestion_id},
+        key=ingestion_key(ingestion_id),
+        timeout=0,  # a large upload embeds for minutes; the heartbeat tells a dead worker
+        heartbeat=settings.jobs.heartbeat_s,
+        retries=INGEST_RETRIES,
         ttl=JOB_TTL_S,
     )
     return await queue.enqueue(job)

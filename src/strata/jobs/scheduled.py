@@ -8,7 +8,9 @@ SAQ deduplicates cron jobs by key):
 
 * ``reconcile_batches`` (every ``jobs.reconcile_s``): re-enqueues unfinished
   batches nobody holds, so a job lost with Redis, or a batch cancelled or expired
-  while no worker ran it, is still taken to its end.
+  while no worker ran it, is still taken to its end. It does the same for
+  background RAG ingestions (``ingest_documents``), and deletes finished ingestion
+  rows after a day.
 * ``purge_retention`` (hourly): the retention purge (strata.privacy.retention).
   Servers also run it on their own timer (``retention.interval_s``); both only
   share the work, so a deployment without workers still purges.
@@ -29,10 +31,12 @@ from saq import CronJob
 
 from strata.alerts.dispatcher import today_start
 from strata.jobs.batch import BatchRunner
-from strata.jobs.queue import enqueue_batch
+from strata.jobs.queue import enqueue_batch, enqueue_ingestion
 from strata.privacy.retention import purge
+from strata.rag import background as rag_background
 from strata.storage.repositories import alerts as alert_repo
 from strata.storage.repositories import batches as batch_repo
+from strata.storage.repositories import rag_ingestions as ingestion_repo
 
 log = logging.getLogger("strata.jobs")
 
@@ -56,7 +60,22 @@ async def reconcile_batches(ctx: Any) -> int:
         await enqueue_batch(ctx["queue"], rt.settings, batch_id)
     if ids:
         log.info("re-enqueued %d unfinished batches: %s", len(ids), ", ".join(ids))
-    return len(ids)
+    ingestions = await ingestion_repo.orphaned(rt.engine, rt.settings.jobs.queue)
+    for ingestion_id in ingestions:
+        await enqueue_ingestion(ctx["queue"], rt.settings, ingestion_id)
+    await ingestion_repo.purge_finished(rt.engine, rag_background.KEEP_FINISHED_S)
+    return len(ids) + len(ingestions)
+
+
+async def ingest_documents(ctx: Any, *, ingestion_id: str) -> str:
+    """A background RAG upload (strata.rag.background)."""
+    job = ctx.get("job")
+
+    async def heartbeat() -> None:
+        if job is not None:
+            await job.update()
+
+    return await rag_background.run(ctx["runtime"], ingestion_id, ctx["owner"], heartbeat)
 
 
 async def purge_retention(ctx: Any) -> dict[str, int]:
@@ -75,7 +94,13 @@ async def evaluate_alerts(ctx: Any) -> str:
     return str(spent)
 
 
-FUNCTIONS: list[Any] = [run_batch, reconcile_batches, purge_retention, evaluate_alerts]
+FUNCTIONS: list[Any] = [
+    run_batch,
+    reconcile_batches,
+    purge_retention,
+    evaluate_alerts,
+    ingest_documents,
+]
 
 
 def cron_jobs(settings: Any) -> list[CronJob[Any]]:

@@ -9,7 +9,9 @@ Where a subject's data lives (docs/data-retention.md lists every class):
 - Redis: exact cache entries (listed under ``strata:cache:owner:{tenant}:{user}``),
   budget spend hashes and reservation records, rate-limit counters.
 - PostgreSQL, RAG: ``rag_documents`` the user uploaded (source, text and metadata
-  encrypted) and their ``rag_chunks`` (text encrypted, embeddings, hashed lexemes).
+  encrypted) and their ``rag_chunks`` (text encrypted, embeddings, hashed lexemes);
+  ``rag_ingestions`` (background uploads: sources and metadata encrypted; their
+  transient document copies are files of the user, purpose ``rag-ingest``).
 - Files: the usage spill file (``<data_dir>/usage-spill.jsonl``) while PostgreSQL
   is unreachable.
 
@@ -44,6 +46,8 @@ from strata.files.privacy import erase_subject as files_erase
 from strata.files.privacy import export_subject as files_export
 from strata.limits.overrides import user_subject
 from strata.privacy import spill
+from strata.rag.background import erase_ingestions as rag_ingestions_erase
+from strata.rag.background import export_ingestions as rag_ingestions_export
 from strata.rag.service import erase_documents as rag_erase
 from strata.rag.service import export_documents as rag_export
 from strata.security import audit
@@ -273,6 +277,7 @@ async def export(
         semantic = await semantic_repo.rows_for_user(engine, tenant, user, crypto or _NoKeys())
     rag_documents = await rag_export(engine, crypto or _NoKeys(), tenant, user)
     files_batches = await files_export(engine, crypto or _NoKeys(), tenant, user)
+    rag_ingestions = await rag_ingestions_export(engine, crypto or _NoKeys(), tenant, user)
     exact = []
     for k in sorted(await redis.smembers(owner_key(tenant, user))):
         value = await redis.get(k)
@@ -303,6 +308,7 @@ async def export(
         "usage_records_spilled": _spill_rows(data_dir, tenant, user, crypto),
         "semantic_cache": semantic,
         "rag_documents": rag_documents,
+        "rag_ingestions": rag_ingestions,
         "files": files_batches["files"],
         "batches": files_batches["batches"],
         "exact_cache": exact,
@@ -321,6 +327,7 @@ async def export(
             "usage_records": len(usage_json),
             "semantic_cache": len(semantic),
             "rag_documents": len(rag_documents),
+            "rag_ingestions": len(rag_ingestions),
             "files": len(files_batches["files"]),
             "batches": len(files_batches["batches"]),
             "exact_cache": len(exact),
@@ -379,6 +386,7 @@ async def erase(
     )
     # Documents the user uploaded, with their chunks and vectors.
     counts["rag_documents"], counts["rag_chunks"] = await rag_erase(engine, tenant, user)
+    counts["rag_ingestions"] = await rag_ingestions_erase(engine, tenant, user)
     # Batches (with their results) and files: uploaded inputs and produced outputs.
     counts.update(await files_erase(engine, tenant, user))
     owner = owner_key(tenant, user)

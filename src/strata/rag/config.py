@@ -57,3 +57,6 @@ class RagSettings(BaseModel):
     answer_tokens: int = Field(default=512, ge=16)
     # Documents larger than this (bytes, before extraction) are refused.
     max_document_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
+    # Uploads larger than this in all (bytes) are ingested by a job worker, not in the
+    # request (202 and an ingestion to poll); smaller ones may ask for it too.
+    background_bytes: int = Field(default=2 * 1024 * 1024, gt=0)

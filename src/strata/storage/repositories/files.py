@@ -39,6 +39,8 @@ from strata.storage.models import Base
 # 4 MiB of plaintext per row: large enough that a 200 MB file is 50 rows, small
 # enough that writing or reading one never holds much memory in asyncpg.
 CHUNK_BYTES = 4 * 1024 * 1024
+# Files Strata keeps for its own jobs (strata.rag.background), not listed by default.
+INTERNAL_PURPOSES = ("rag-ingest",)
 
 files = Table(
     "files",
@@ -139,6 +141,8 @@ async def list_files(
     stmt = select(files).where(files.c.tenant_id == tenant_id)
     if purpose is not None:
         stmt = stmt.where(files.c.purpose == purpose)
+    else:  # Strata's transient copies (background RAG uploads) only when asked for
+        stmt = stmt.where(files.c.purpose.not_in(INTERNAL_PURPOSES))
     desc = order != "asc"
     cols = (files.c.created_at, files.c.id)
     async with engine.connect() as conn:
