@@ -8,18 +8,24 @@ in-process worker on the server's runtime, as `strata serve` does.
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from strata.jobs.queue import describe, ingestion_key, make_queue
 from strata.jobs.scheduled import reconcile_batches
 from strata.jobs.worker import InProcessWorker
 from strata.storage.repositories.keys import NewKey
-from tests.conftest import ServerThread
+from tests.conftest import TEST_CONFIG, ServerThread
 from tests.jobs.helpers import query
 from tests.rag.conftest import BASE, call, search
 
@@ -325,3 +331,46 @@ def test_reconcile_requeues_a_dead_workers_ingestion_and_purges_old_ones(
     set_row("finished_at = now() - interval '25 hours'")
     reconcile()
     assert query(database_url, "SELECT 1 FROM rag_ingestions WHERE id = :i", i=ing) == []
+
+
+def test_a_strata_worker_process_ingests(
+    bg_server: ServerThread, new_key: Callable[..., NewKey], tmp_path: Path, database_url: str,
+    redis_url: str,
+) -> None:  # fmt: skip
+    """The worker of another process (another machine: it shares only PostgreSQL and
+    Redis) builds its own RagService and reads the stored copies."""
+    config = {
+        "providers": {"local-embed": TEST_CONFIG["providers"]["local-embed"]},
+        "models": {"embed-default": TEST_CONFIG["models"]["embed-default"]},
+        "crypto": TEST_CONFIG["crypto"],
+        "jobs": {"queue": bg_server.settings.jobs.queue},
+    }
+    path = tmp_path / "worker.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = dict(os.environ)
+    env.update(
+        STRATA_CONFIG=str(path),
+        STRATA_DATABASE_URL=database_url,
+        STRATA_REDIS_URL=redis_url,
+        STRATA_DATA_DIR=str(tmp_path / "data"),
+        STRATA_LOG_LEVEL="warning",
+    )
+    key = new_key(tenant="ragbg-proc-" + uuid.uuid4().hex[:6])
+    col = call(bg_server, key, "POST", BASE, json={"name": "proc"}).json()
+    doc = {"text": handbook("proc"), "source": "proc.md", "format": "markdown"}
+    r = call(bg_server, key, "POST", f"{BASE}/{col['id']}/documents?background=true", json=doc)
+    assert r.status_code == 202, r.text
+    log = tmp_path / "worker.log"
+    with log.open("ab") as out:
+        strata = Path(sys.executable).parent / "strata"
+        proc = subprocess.Popen([str(strata), "worker"], env=env, stdout=out, stderr=out)
+    try:
+        done = wait(bg_server, key, col, r.json()["id"])
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    assert done["status"] == "completed", (done, log.read_text()[-2000:])
+    assert done["documents"] == 1 and done["chunks"] > 1
+    hits = search(bg_server, key, col, "orange charging bay for forklift batteries")
+    assert hits and hits[0]["source"] == "proc.md"
+    assert stored_uploads(database_url, key.tenant_id) == []
