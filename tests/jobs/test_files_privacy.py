@@ -101,7 +101,9 @@ def test_retention_purges_old_files_and_batches(
     assert output is not None and client.files.retrieve(output).id == output
 
 
-def test_rotation_reencrypts_files_and_results(server: ServerThread, client: openai.OpenAI) -> None:
+def test_rotation_reencrypts_files_and_results(
+    server: ServerThread, client: openai.OpenAI, database_url: str
+) -> None:
     data = jsonl([chat_line(f"r{i}") for i in range(3)])
     f = client.files.create(file=("rot.jsonl", io.BytesIO(data)), purpose="batch")
     b = client.batches.create(
@@ -123,10 +125,18 @@ def test_rotation_reencrypts_files_and_results(server: ServerThread, client: ope
     assert client.files.content(f.id).read() == data
     assert client.files.retrieve(f.id).filename == "rot.jsonl"
     assert len(client.files.content(done.output_file_id).read().splitlines()) == 3
-    # `strata crypto rotate` covers them too: two rotations retire the key they used.
-    for _ in range(2):
-        report = server.call(crypto_mod.rotate(rt.engine, crypto))
-        assert "files" in report["stores"]
+    # `strata crypto rotate` covers them too. Within the grace period no key a server
+    # may still write under is retired, used or not.
+    reports = [server.call(crypto_mod.rotate(rt.engine, crypto)) for _ in range(2)]
+    assert all("files" in r["stores"] for r in reports)
+    assert new not in reports[0]["retired"] + reports[1]["retired"]
+    # Once the key that replaced it is older than the grace period, it goes.
+    query(
+        database_url,
+        "UPDATE data_keys SET created_at = now() - interval '5 minutes' WHERE id = :k",
+        k=reports[0]["key_id"],
+    )
+    report = server.call(crypto_mod.rotate(rt.engine, crypto))
     assert new in report["retired"]  # no row still needed it
     assert client.files.content(f.id).read() == data
     assert client.batches.retrieve(b.id).request_counts.completed == 3  # type: ignore[union-attr]

@@ -32,7 +32,7 @@ def rotate(
 
         async def run(engine: AsyncEngine) -> dict[str, Any]:
             crypto = crypto_mod.Crypto(crypto_mod.load_master_key(live.crypto, live.data_dir))
-            return await crypto_mod.rotate(engine, crypto, batch)
+            return await crypto_mod.rotate(engine, crypto, batch, grace_s=2 * live.crypto.refresh_s)
 
         report = with_engine(live, run)
         record_cli(
@@ -50,8 +50,9 @@ def rotate(
     stores = ", ".join(f"{k} {v}" for k, v in report["stores"].items()) or "none"
     console.print(
         f"active data key [bold]{report['key_id']}[/bold]; re-encrypted "
-        f"{report['reencrypted']} rows ({stores}); retired keys: {retired} (the key just "
-        "replaced is retired by the next rotation). Running servers switch "
+        f"{report['reencrypted']} rows ({stores}); retired keys: {retired} (a key is retired "
+        "once no row uses it and servers have had time to stop writing under it). Running "
+        "servers switch "
         f"within {settings.crypto.refresh_s:g}s; Redis cache entries expire with their TTL."
     )
 

@@ -21,7 +21,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from strata.privacy import spill
-from strata.privacy.subject import ERASED_REQUEST_ID, Receipt, _iso, _salted
+from strata.privacy.subject import ERASED_REQUEST_ID, Receipt, _iso, _salted, issue_receipt
 from strata.security import audit
 from strata.security.crypto import Crypto
 from strata.storage.models import UsageRecord
@@ -142,19 +142,12 @@ async def erase(
         )
         counts = {"usage_records_unlinked": result.rowcount}
     counts["spilled_usage_records"] = _erase_spill(data_dir, tenant, index)
-    receipt = Receipt(
-        id="erase_" + uuid.uuid4().hex,
-        at=datetime.now(UTC),
-        subject_hash=_hashed(tenant, end_user),
-        counts=counts,
-    )
-    entry = await audit.record(
+    return await issue_receipt(
         engine,
         tenant=tenant,
+        kind="end_user",
+        subject=f"{tenant}\x00{end_user}",
+        counts=counts,
         actor=actor,
-        action="privacy.erase",
-        target=f"end_user:{receipt.subject_hash}",
         request_id=request_id,
-        details={"receipt": receipt.id, **counts},
     )
-    return Receipt(receipt.id, receipt.at, receipt.subject_hash, counts, entry.id)

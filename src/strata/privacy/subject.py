@@ -456,6 +456,29 @@ async def erase(
     )
     counts["spilled_usage_records"] = _erase_spill(data_dir, tenant, user, pseudo)
 
+    return await issue_receipt(
+        engine,
+        tenant=tenant,
+        kind="subject",
+        subject=subject,
+        counts=counts,
+        actor=actor,
+        request_id=request_id,
+    )
+
+
+async def issue_receipt(
+    engine: AsyncEngine,
+    *,
+    tenant: str,
+    kind: str,
+    subject: str,
+    counts: dict[str, int],
+    actor: str,
+    request_id: str | None,
+) -> Receipt:
+    """The erasure's receipt, recorded in the audit log as ``privacy.erase`` with
+    target ``{kind}:{hash}``: the subject hashed with a salt that is never stored."""
     receipt = Receipt(
         id="erase_" + uuid.uuid4().hex,
         at=datetime.now(UTC),
@@ -467,7 +490,7 @@ async def erase(
         tenant=tenant,
         actor=actor,
         action="privacy.erase",
-        target=f"subject:{receipt.subject_hash}",
+        target=f"{kind}:{receipt.subject_hash}",
         request_id=request_id,
         details={"receipt": receipt.id, **counts},
     )

@@ -326,20 +326,30 @@ async def refresh_forever(engine: Any, crypto: Crypto, interval_s: float) -> Non
             log.info("data key reload failed (%s)", type(exc).__name__)
 
 
-async def rotate(engine: Any, crypto: Crypto, batch: int = 500) -> dict[str, Any]:
+# A key stays this long after the key that replaced it was made: every running
+# server reloads its ring within crypto.refresh_s (30 s by default) and may write
+# under the old key until then. Twice that, for a server whose reload was late.
+RETIRE_GRACE_S = 60.0
+
+
+async def rotate(
+    engine: Any, crypto: Crypto, batch: int = 500, grace_s: float = RETIRE_GRACE_S
+) -> dict[str, Any]:
     """``strata crypto rotate``: a new active data key; every encrypted row
     re-encrypted under it in batches (online: readers accept any known key id, and
     running servers pick up the new key within ``crypto.refresh_s``); then the old
     keys no row uses any more are retired (deleted). Every store listed in
     ``security.stores`` is covered. Redis cache entries are not
     rewritten: they expire with their TTL, and one under a retired key is a miss.
-    Rows a server writes under the old key before it picks up the new one are
-    re-encrypted by the next rotation, which is also when that key is retired."""
+    Rows a server writes under an old key before it picks up the new one are
+    re-encrypted by a later rotation. A key is retired only when no row uses it
+    and the key that replaced it is older than ``grace_s``: rotations in quick
+    succession must not retire a key a server has not stopped using
+    (``strata crypto rotate`` passes twice ``crypto.refresh_s``)."""
     from strata.security.stores import encrypted_stores
 
     await sync_keys(engine, crypto)
     old = crypto.key_ids()
-    replaced = crypto.active_id
     async with engine.begin() as conn:
         await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('strata.data_keys'))"))
         new_id = await new_data_key(conn, crypto)
@@ -354,9 +364,21 @@ async def rotate(engine: Any, crypto: Crypto, batch: int = 500) -> dict[str, Any
         per_store[store.name] = n
         in_use |= await store.key_ids_in_use(engine)
     reencrypted = sum(per_store.values())
-    # The key just replaced waits for the next rotation: servers that have not
-    # reloaded yet (up to crypto.refresh_s) still write usage records under it.
-    retire = sorted(k for k in old if k not in in_use and k not in (new_id, replaced))
+    # A key replaced less than grace_s ago (the one just replaced, surely) stays:
+    # servers that have not reloaded yet still write under it.
+    async with engine.connect() as conn:
+        made = {
+            r.id: r.created_at
+            for r in await conn.execute(select(data_keys.c.id, data_keys.c.created_at))
+        }
+        now = (await conn.execute(select(func.now()))).scalar_one()
+
+    def settled(k: int) -> bool:
+        """The key made next after ``k`` (which replaced it) is older than grace_s."""
+        later = [i for i in made if i > k]
+        return bool(later) and (now - made[min(later)]).total_seconds() >= grace_s
+
+    retire = sorted(k for k in old if k not in in_use and k != new_id and settled(k))
     if retire:
         async with engine.begin() as conn:
             await conn.execute(
