@@ -79,16 +79,25 @@ class LocalEmbedProvider(Provider):
             names[:2] == ["Transformer", "Pooling"] and set(names[2:]) <= {"Normalize"} and mean
         )
         self._tokenizer = model.tokenizer
-        self._model = model
+        background = False
         if self._mean_pooled and self.options.onnx_queries:
-            # Ready on torch now; the ONNX path (an export the first time: tens of
-            # seconds) takes over single texts when it is built.
+            from strata.providers import onnx_query
+
+            if onnx_query.exported(self.path):
+                # A few seconds: ready with it (no CPU spent on it under traffic).
+                self._onnx = onnx_query.build(model, self.path, self.max_context)
+            else:
+                background = True
+        self._model = model
+        if background:
+            # Ready on torch now; the first export (tens of seconds, once per
+            # machine) runs meanwhile and takes over single texts when it is done.
             threading.Thread(target=self._build_onnx, args=(model,), daemon=True).start()
 
     def _build_onnx(self, model: Any) -> None:
         from strata.providers import onnx_query
 
-        encoder = onnx_query.build(model, self.path, int(self.max_context or 512))
+        encoder = onnx_query.build(model, self.path, self.max_context)
         if encoder is not None and self._model is model:
             self._onnx = encoder
 

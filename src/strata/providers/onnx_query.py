@@ -119,7 +119,20 @@ def cache_dir() -> Path:
     return Path(base) if base else Path.home() / ".cache" / "strata" / "onnx"
 
 
-def build(model: Any, model_dir: Path, max_length: int) -> OnnxQueryEncoder | None:
+def export_path(model_dir: Path) -> Path:
+    return cache_dir() / f"{model_dir.name}-{model_key(model_dir)}.onnx"
+
+
+def exported(model_dir: Path) -> bool:
+    """The model has been exported on this machine (loading it takes seconds)."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return export_path(model_dir).exists()
+
+
+def build(model: Any, model_dir: Path, max_length: int | None) -> OnnxQueryEncoder | None:
     """The ONNX encoder for a loaded SentenceTransformer, or None (torch stays)."""
     try:
         import onnxruntime as ort
@@ -129,7 +142,7 @@ def build(model: Any, model_dir: Path, max_length: int) -> OnnxQueryEncoder | No
     try:
         import fcntl
 
-        target = cache_dir() / f"{model_dir.name}-{model_key(model_dir)}.onnx"
+        target = export_path(model_dir)
         target.parent.mkdir(parents=True, exist_ok=True)
         with open(target.with_suffix(".lock"), "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # one export per machine, others wait
@@ -144,7 +157,7 @@ def build(model: Any, model_dir: Path, max_length: int) -> OnnxQueryEncoder | No
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3
         session = ort.InferenceSession(str(target), options, providers=["CPUExecutionProvider"])
-        encoder = OnnxQueryEncoder(session, model.tokenizer, max_length)
+        encoder = OnnxQueryEncoder(session, model.tokenizer, max_length or 512)
         for text in CHECK_TEXTS:
             want = model.encode(
                 [text], convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False
