@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 import uuid
 from collections.abc import Callable
@@ -45,14 +46,18 @@ async def test_every_response_carries_openai_rate_limit_headers(
     key = new_key(tenant="rl-" + uuid.uuid4().hex[:6])
     async with httpx.AsyncClient(timeout=30) as http:
         first = await post(http, srv, key)
+        started = time.monotonic()
         replies = await asyncio.gather(*(post(http, srv, key) for _ in range(30)))
+        elapsed = time.monotonic() - started
     assert first.status_code == 200
     assert first.headers["x-ratelimit-limit-requests"] == "10"
     assert int(first.headers["x-ratelimit-remaining-requests"]) == 9
     assert first.headers["x-ratelimit-reset-requests"].endswith("s")
-    # Ten at once fit the default burst; the rest wait for the bucket to refill.
+    # Ten at once fit the default burst; the rest wait for the bucket to refill
+    # (ten more per second the burst took to arrive: a loaded machine is slow).
     codes = [r.status_code for r in replies]
-    assert set(codes) == {200, 429} and codes.count(200) <= 12
+    assert set(codes) == {200, 429}
+    assert codes.count(200) <= 11 + math.ceil(10 * elapsed), (codes.count(200), elapsed)
     denied = next(r for r in replies if r.status_code == 429)
     err = denied.json()["error"]
     assert err["type"] == "rate_limit_error" and err["code"] == "rate_limit_exceeded"
