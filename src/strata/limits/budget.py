@@ -50,12 +50,13 @@ import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
-from typing import Any, Literal
+from typing import Any
 
 from redis.exceptions import RedisError
 
 from strata.limits.budget_types import BudgetExceeded, Crossing, Reservation, Slot, Subject
 from strata.limits.config import BudgetCaps, BudgetsSettings
+from strata.limits.crossings import crossings
 from strata.limits.outage import RedisBackoff
 from strata.limits.overrides import Overrides, merged, user_subject
 from strata.limits.scripts import RESERVE_SCRIPT, SETTLE_SCRIPT, evalsha
@@ -357,7 +358,7 @@ class Budgets(RedisBackoff):
         for i, s in enumerate(res.slots + res.charge_only):
             spent, reserved = int(raw[1 + 2 * i]), int(raw[2 + 2 * i])
             self._view[s.key] = [spent, reserved]
-            out += self._crossings(s, spent - actual, spent)
+            out += crossings(s, spent - actual, spent, self.alert_thresholds)
         return out
 
     def settle_local(self, res: Reservation, actual: int) -> None:
@@ -378,32 +379,6 @@ class Budgets(RedisBackoff):
     async def _settle_in_redis(self, res: Reservation, actual: int) -> list[Crossing]:
         keys, args = self.settle_args(res, actual)
         return self.settle_reply(res, actual, await evalsha(self.redis, SETTLE_SCRIPT, keys, args))
-
-    def _crossings(self, s: Slot, before: int, after: int) -> list[Crossing]:
-        if s.cap is None or after <= before:
-            return []
-        if s.scope == "deployment":
-            kind: Literal["budget_threshold", "daily_spend"] = "daily_spend"
-            thresholds = [1.0]
-        else:
-            kind, thresholds = "budget_threshold", self.alert_thresholds
-        out = []
-        for t in thresholds:
-            mark = s.cap * Decimal(str(t))
-            if before < mark <= after:
-                out.append(
-                    Crossing(
-                        kind,
-                        s.scope,
-                        s.id,
-                        s.period,
-                        s.start,
-                        t,
-                        from_units(after),
-                        from_units(s.cap),
-                    )
-                )
-        return out
 
     def _charge_only(self, now: datetime) -> tuple[Slot, ...]:
         if self.daily_alert_usd is None:
